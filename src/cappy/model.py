@@ -182,10 +182,17 @@ class Cappy:
         """
         path = resolve_model_path(name_or_path)
         torch_dtype = resolve_dtype(dtype)
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+        except OSError as err:
+            raise OSError(
+                f"cannot load model {str(name_or_path)!r}: it is not a local checkpoint directory, not an embedded "
+                f"model, and could not be fetched as a hub id ({err})"
+            ) from err
         if getattr(config, "num_labels", 1) != 1:
             raise ValueError(
-                f"{name_or_path!r} has num_labels={config.num_labels}; a Cappy scorer needs a one-output regression head"
+                f"{name_or_path!r} has num_labels={config.num_labels}; "
+                "a Cappy scorer needs a one-output regression head"
             )
         kwargs: dict[str, Any] = dict(model_kwargs)
         if torch_dtype is not None:
@@ -412,7 +419,8 @@ class Cappy:
     def rank(self, instruction: str, candidates: Sequence[str], top_k: int | None = None) -> list[dict[str, Any]]:
         """Candidates best first as ``{"index", "score", "text"}``; ``top_k`` keeps the first k.
 
-        Example: ``scorer.rank("Name a prime.", ["4", "7", "9"], top_k=1)`` -> ``[{"index": 1, "score": .., "text": "7"}]``
+        Example: ``scorer.rank("Name a prime.", ["4", "7", "9"], top_k=1)``
+        -> ``[{"index": 1, "score": 0.8, "text": "7"}]``
         """
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")

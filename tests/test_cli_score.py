@@ -1,0 +1,141 @@
+"""`cappy score` / `cappy rank` on real JSONL files with a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cappy import Cappy
+from cappy.cli import main
+
+ROWS = [
+    {"id": 1, "instruction": "What is 2+2?", "response": "4"},
+    {"id": 2, "instruction": "What is 2+2?", "response": "five"},
+    {"id": 3, "instruction": "Capital of France?", "response": "Paris", "extra": [1, 2]},
+]
+
+
+def write_jsonl(path, rows, raw_lines=()):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+        for line in raw_lines:
+            f.write(line + "\n")
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_score_file_adds_scores_and_keeps_fields(tiny_model_dir, tmp_path):
+    model = tiny_model_dir("bert")
+    inp = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    out = tmp_path / "out.jsonl"
+    assert main(["score", "--model", str(model), "--input", str(inp), "--output", str(out), "--device", "cpu"]) == 0
+    got = read_jsonl(out)
+    assert [{k: v for k, v in r.items() if k != "score"} for r in got] == ROWS
+    want = Cappy.from_pretrained(model, device="cpu").score(
+        [r["instruction"] for r in ROWS], [r["response"] for r in ROWS]
+    )
+    np.testing.assert_allclose([r["score"] for r in got], want, atol=1e-6)
+
+
+def test_score_custom_fields(tiny_model_dir, tmp_path):
+    rows = [{"q": "What is 2+2?", "a": "4"}, {"q": "Sky colour?", "a": "blue"}]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    args = ["score", "--model", str(tiny_model_dir("bert")), "--input", str(inp), "--output", str(out)]
+    assert main(args + ["--instruction-field", "q", "--response-field", "a", "--batch-size", "1"]) == 0
+    assert all(isinstance(r["score"], float) for r in read_jsonl(out))
+
+
+def test_malformed_line_stops_with_line_number_and_leaves_no_output(tiny_model_dir, tmp_path, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", ROWS[:2], raw_lines=['{"instruction": "x", "response": ', "[1, 2]"])
+    out = tmp_path / "out.jsonl"
+    rc = main(["score", "--model", str(tiny_model_dir("bert")), "--input", str(inp), "--output", str(out)])
+    assert rc == 2
+    assert "in.jsonl:3" in capsys.readouterr().err
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [inp]  # no temp file either
+
+
+def test_missing_field_names_line(tiny_model_dir, tmp_path, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", [ROWS[0], {"instruction": "no response here"}])
+    rc = main(["score", "--model", str(tiny_model_dir("bert")), "--input", str(inp), "--output", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err and "'response'" in err
+
+
+def test_skip_bad_lines_counts(tiny_model_dir, tmp_path, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", ROWS, raw_lines=["not json", '{"instruction": 3, "response": "x"}'])
+    out = tmp_path / "out.jsonl"
+    args = ["score", "--model", str(tiny_model_dir("bert")), "--input", str(inp), "--output", str(out)]
+    assert main(args + ["--skip-bad-lines"]) == 0
+    assert len(read_jsonl(out)) == 3
+    assert "2 bad lines skipped" in capsys.readouterr().err
+
+
+def test_rank_adds_scores_and_best(tiny_model_dir, tmp_path):
+    model = tiny_model_dir("bert")
+    rows = [
+        {"instruction": "Name a prime.", "candidates": ["4", "7", "nine"]},
+        {"instruction": "Is the sky blue?", "candidates": ["yes"]},
+    ]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    assert main(["rank", "--model", str(model), "--input", str(inp), "--output", str(out)]) == 0
+    got = read_jsonl(out)
+    scorer = Cappy.from_pretrained(model, device="cpu")
+    for row, r in zip(rows, got):
+        want = scorer.score(row["instruction"], row["candidates"])
+        np.testing.assert_allclose(r["scores"], want, atol=1e-6)
+        assert r["best"] == int(np.argmax(want))
+        assert r["candidates"] == row["candidates"]
+
+
+def test_rank_rejects_empty_candidates(tiny_model_dir, tmp_path, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "q", "candidates": []}])
+    rc = main(["rank", "--model", str(tiny_model_dir("bert")), "--input", str(inp), "--output", str(tmp_path / "o")])
+    assert rc == 2 and "empty" in capsys.readouterr().err
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    rc = main(
+        ["score", "--model", "cappy-mini-does-not-exist/..", "--input", str(inp), "--output", str(tmp_path / "o")]
+    )
+    assert rc != 0
+
+
+def test_console_script_reads_stdin_writes_stdout(tiny_model_dir):
+    exe = [sys.executable, "-m", "cappy", "score", "--model", str(tiny_model_dir("bert"))]
+    lines = "".join(json.dumps(r) + "\n" for r in ROWS)
+    res = subprocess.run(exe, input=lines, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    got = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [r["id"] for r in got] == [1, 2, 3] and all("score" in r for r in got)
+    assert "3 rows" in res.stderr
+
+
+@pytest.mark.parametrize("pred,refs,lo,hi", [("the cat sat", ["a cat sat"], 0.66, 0.67), ("x", ["y", "x"], 1, 1)])
+def test_rouge_l_is_stemmed_max_over_refs(pred, refs, lo, hi):
+    from cappy.metrics import rouge_l
+
+    assert lo <= rouge_l(pred, refs) <= hi
+
+
+def test_rouge_l_stemming_and_errors():
+    from cappy.metrics import accuracy, rouge_l
+
+    assert rouge_l("running dogs", "run dog") == 1.0
+    with pytest.raises(ValueError):
+        rouge_l("a", [])
+    with pytest.raises(TypeError):
+        rouge_l(None, "a")
+    assert accuracy([0, 1, 1], [0, 1, 0]) == pytest.approx(2 / 3)
