@@ -1,0 +1,83 @@
+"""`cappy data build` (mixture -> pair shards) and `cappy data templates` (list PromptSource templates)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="build pretraining pairs; list PromptSource templates")
+    dsub = p.add_subparsers(dest="data_command", metavar="<data command>")
+    dsub.required = True
+
+    b = dsub.add_parser("build", help="turn a mixture YAML into Parquet pair shards + manifest.json")
+    b.add_argument("mixture", help="mixture YAML (see configs/mixtures/offline.yaml)")
+    b.add_argument("--out", required=True, help="output folder (shards, manifest.json)")
+    b.add_argument("--seed", type=int, default=None, help="override the mixture's seed")
+    b.add_argument("--shard-rows", type=int, default=None, help="override the mixture's rows per shard")
+    b.add_argument("--data-root", default=None, help="override the mixture's data_root (relative paths of datasets)")
+    b.add_argument(
+        "--generations", action="append", default=[], help="generation-cache JSONL with LLM candidates (repeatable)"
+    )
+    b.add_argument("--allow-heldout", action="store_true", help="allow held-out (evaluation) datasets in the mixture")
+    b.add_argument(
+        "--skip-bad", action="store_true", help="skip and count malformed lines and failing renders; default: stop"
+    )
+    b.add_argument("--overwrite", action="store_true", help="discard an existing build in --out")
+    b.add_argument("--keep-state", action="store_true", help="keep the resume state (OUT/.build) after finishing")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=run_build)
+
+    t = dsub.add_parser("templates", help="list template folders, or the templates of one dataset")
+    t.add_argument("dataset", nargs="?", help="dataset name or template key, e.g. super_glue/boolq")
+    t.add_argument("--root", default=None, help="folder of templates.yaml files (default: PromptSource's)")
+    t.set_defaults(func=run_templates)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from cappy.data.pairs import BuildOptions, Mixture, PairBuilder
+
+    mix = Mixture.from_yaml(args.mixture)
+    if args.seed is not None:
+        mix.seed = args.seed
+    if args.shard_rows is not None:
+        if args.shard_rows < 1:
+            raise ValueError("--shard-rows must be >= 1")
+        mix.shard_rows = args.shard_rows
+    if args.data_root is not None:
+        mix.data_root = str(Path(args.data_root).resolve())
+    mix.generations = list(mix.generations) + [str(Path(g).resolve()) for g in args.generations]
+    opts = BuildOptions(
+        allow_heldout=args.allow_heldout,
+        skip_bad=args.skip_bad,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        keep_state=args.keep_state,
+    )
+    start = time.perf_counter()
+    manifest = PairBuilder(mix, args.out, opts).build()
+    took = time.perf_counter() - start
+    src = ", ".join(f"{k} {v}" for k, v in sorted(manifest["sources"].items()))
+    print(
+        f"cappy data build: {manifest['rows']} pairs in {len(manifest['shards'])} shards ({src}); "
+        f"{manifest['duplicates']['total']} duplicates dropped; {took:.1f}s -> {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_templates(args: argparse.Namespace) -> int:
+    from cappy.data.templates import list_template_keys, load_templates, template_key
+
+    if args.dataset is None:
+        for key in list_template_keys(args.root):
+            print(key)
+        return 0
+    key = template_key(args.dataset)
+    for t in load_templates(key, args.root):
+        kind = "choices" if t.answer_choices is not None else "free"
+        print(f"{t.name}\toriginal_task={t.original_task}\t{kind}\t{t.id}")
+    return 0

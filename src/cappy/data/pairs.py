@@ -1,0 +1,771 @@
+"""The pretraining-pair builder: a mixture (datasets x templates x caps) -> (instruction, response, label) shards.
+
+Per prompted example: the gold response (label 1.0), every wrong answer choice (0.0), LLM candidates from
+generation-cache files (Rouge-L F against the references) and ``k`` mismatched responses taken from other
+examples of the same template (0.0). Exact (instruction, response) duplicates are removed, keeping the first.
+
+Streaming and resumable: examples are read in blocks; the mismatched pool is a bounded reservoir per template;
+the seen-pair set, the rows waiting for the next shard and the progress live in an SQLite file under
+``OUT/.build`` that is committed once per finished (dataset, template) unit. Killed at any point and rerun,
+the build continues from the last finished unit and ends with byte-identical shards and manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import sqlite3
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cappy.data.readers import HUB_PREFIX, iter_examples
+from cappy.data.templates import Prompt, Template, TemplateError, load_templates, select_templates, template_key
+from cappy.io import atomic_write, iter_jsonl
+from cappy.metrics import rouge_l
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SOURCES = ("gold", "wrong_choice", "llm", "mismatched")
+COLUMNS = ("instruction", "response", "label", "task", "template", "source")
+
+# Evaluation-only families (NLI, coreference, word sense, sentence completion, bias probes) and the same
+# data under other names. A dataset matches an entry when its name equals it or extends it by "/" or ".".
+DEFAULT_HELDOUT = (
+    "anli",
+    "super_glue/cb",
+    "super_glue/rte",
+    "super_glue/copa",
+    "super_glue/wic",
+    "super_glue/wsc",
+    "super_glue/axg",
+    "super_glue/axb",
+    "hellaswag",
+    "story_cloze",
+    "winogrande",
+    "glue/rte",
+    "glue/wnli",
+    "glue/ax",
+    "winograd_wsc",
+    "wino_bias",
+    "crows_pairs",
+    "winogender",
+)
+# Hub owners and renamings, mapped to the canonical names above before matching.
+HELDOUT_ALIASES = {
+    "facebook/anli": "anli",
+    "rowan/hellaswag": "hellaswag",
+    "allenai/winogrande": "winogrande",
+    "aps/super_glue": "super_glue",
+    "nyu-mll/glue": "glue",
+    "lsdsem/story_cloze": "story_cloze",
+    "mteb/hellaswag": "hellaswag",
+    "nyu-mll/crows_pairs": "crows_pairs",
+    "ernestchu/winogender": "winogender",
+}
+
+
+class MixtureError(ValueError):
+    """A mixture file that is malformed or asks for something impossible; the message says where and what."""
+
+
+class HeldOutError(MixtureError):
+    """The mixture names a held-out (evaluation-only) dataset."""
+
+
+class BuildError(ValueError):
+    """Bad input met while building (a malformed line, a template that fails); names the file and line."""
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of a mixture. ``name`` is the task name written to every row (e.g. ``"super_glue/boolq"``).
+
+    ``path`` is a local file/folder (relative to the mixture's ``data_root``) or ``hub:NAME`` with
+    ``config``/``split``; ``templates`` is "all", "original" or a list of template names; ``template_key``
+    overrides the PromptSource folder (default: the name through the alias table); ``templates_root`` reads
+    templates from another folder of ``templates.yaml`` files; ``max_examples`` caps the examples read;
+    ``mismatched`` overrides the mixture's per-example count of mismatched responses.
+    """
+
+    name: str
+    path: str
+    config: str | None = None
+    split: str | None = None
+    templates: str | list[str] = "all"
+    template_key: str | None = None
+    templates_root: str | None = None
+    max_examples: int | None = None
+    mismatched: int | None = None
+    wrong_choices: bool = True
+
+
+@dataclass
+class Mixture:
+    """A pair-building recipe, usually read from YAML with :meth:`from_yaml`.
+
+    Example YAML::
+
+        name: tiny
+        seed: 0
+        data_root: ../data
+        datasets:
+          - {name: super_glue/boolq, path: super_glue_boolq_val.jsonl, templates: original, max_examples: 500}
+    """
+
+    name: str
+    datasets: list[DatasetSpec]
+    seed: int = 0
+    mismatched: int = 1
+    shard_rows: int = 100_000
+    heldout: list[str] = field(default_factory=list)
+    generations: list[str] = field(default_factory=list)
+    data_root: str | None = None
+    templates_root: str | None = None
+    pool_size: int = 4096
+    block_size: int = 1024
+    base_dir: str = "."
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> Mixture:
+        """Read a mixture file; relative paths in it are relative to the file's folder."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise MixtureError(f"{path}: malformed YAML ({err})") from None
+        if not isinstance(data, dict):
+            raise MixtureError(f"{path}: a mixture is a YAML mapping")
+        return cls.from_dict(data, base_dir=str(path.resolve().parent), origin=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base_dir: str = ".", origin: str = "<mixture>") -> Mixture:
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)} - {"base_dir"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MixtureError(f"{origin}: unknown mixture key(s) {unknown}; known: {sorted(known)}")
+        raw = data.pop("datasets", None)
+        if not isinstance(raw, list) or not raw:
+            raise MixtureError(f"{origin}: 'datasets' must be a non-empty list")
+        ds_known = {f.name for f in dataclasses.fields(DatasetSpec)}
+        specs = []
+        for i, d in enumerate(raw):
+            if not isinstance(d, dict) or "name" not in d or "path" not in d:
+                raise MixtureError(f"{origin}: datasets[{i}] needs at least 'name' and 'path'")
+            bad = sorted(set(d) - ds_known)
+            if bad:
+                raise MixtureError(f"{origin}: datasets[{i}] ({d['name']}): unknown key(s) {bad}")
+            specs.append(DatasetSpec(**d))
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise MixtureError(f"{origin}: dataset names must be unique, got {names}")
+        if "name" not in data:
+            data["name"] = Path(origin).stem
+        mix = cls(datasets=specs, base_dir=base_dir, **data)
+        if mix.shard_rows < 1 or mix.pool_size < 1 or mix.block_size < 1 or mix.mismatched < 0:
+            raise MixtureError(f"{origin}: shard_rows, pool_size, block_size must be >= 1 and mismatched >= 0")
+        return mix
+
+    def resolve(self, path: str, root: str | None = None) -> str:
+        """A path of this mixture made absolute (``hub:`` ids pass through)."""
+        if path.startswith(HUB_PREFIX):
+            return path
+        base = Path(self.base_dir)
+        if root is not None:
+            base = base / root
+        return str((base / path).resolve())
+
+
+@dataclass
+class BuildOptions:
+    """Command-line choices for one build: everything that is not the recipe itself."""
+
+    allow_heldout: bool = False
+    skip_bad: bool = False
+    progress: bool = True
+    overwrite: bool = False
+    keep_state: bool = False
+
+
+def _norm(name: str) -> str:
+    n = name.strip().lower()
+    for alias, canon in HELDOUT_ALIASES.items():
+        if n == alias or n.startswith(alias + "/"):
+            return canon + n[len(alias) :]
+    return n
+
+
+def heldout_hits(names: Sequence[str], heldout: Sequence[str]) -> list[str]:
+    """The names (datasets, template keys) that fall in the held-out list, after alias mapping.
+
+    Example: ``heldout_hits(["super_glue/wsc.fixed", "glue/sst2"], DEFAULT_HELDOUT)`` -> ``["super_glue/wsc.fixed"]``
+    """
+    entries = [_norm(h) for h in heldout]
+    out = []
+    for name in names:
+        n = _norm(name)
+        if any(n == e or n.startswith(e + "/") or n.startswith(e + ".") for e in entries):
+            out.append(name)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pair_key(instruction: str, response: str) -> int:
+    digest = hashlib.blake2b(f"{len(instruction)}:{instruction}{response}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _prompt_key(prompt: str) -> int:
+    return int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _bin(label: float) -> str:
+    if label <= 0.0:
+        return "0.0"
+    if label >= 1.0:
+        return "1.0"
+    lo = min(int(label * 10), 9) / 10
+    return f"{lo:.1f}-{lo + 0.1:.1f}"
+
+
+@dataclass
+class _Unit:
+    spec: DatasetSpec
+    template: Template
+    source: str
+
+
+class _Reservoir:
+    """A bounded uniform sample of the distinct responses seen so far (reservoir sampling, O(1) per item)."""
+
+    def __init__(self, capacity: int, rng: random.Random):
+        self.capacity, self.rng = capacity, rng
+        self.items: list[str] = []
+        self.members: set[str] = set()
+        self.seen = 0
+
+    def add(self, item: str) -> None:
+        if item in self.members:
+            return
+        self.seen += 1
+        if len(self.items) < self.capacity:
+            self.items.append(item)
+            self.members.add(item)
+            return
+        j = self.rng.randrange(self.seen)
+        if j < self.capacity:
+            self.members.discard(self.items[j])
+            self.items[j] = item
+            self.members.add(item)
+
+    def sample(self, k: int, exclude: set[str]) -> list[str]:
+        """Up to ``k`` distinct items not in ``exclude``; a bounded number of draws, so O(k) per call."""
+        out: list[str] = []
+        if not self.items or k <= 0:
+            return out
+        for _ in range(4 * k + 4):
+            cand = self.items[self.rng.randrange(len(self.items))]
+            if cand not in exclude and cand not in out:
+                out.append(cand)
+                if len(out) == k:
+                    break
+        return out
+
+
+class _Counters:
+    """Every count the manifest reports; serialisable so that a resumed build continues them."""
+
+    def __init__(self, state: dict[str, Any] | None = None):
+        s = state or {}
+        self.tasks: dict[str, int] = defaultdict(int, s.get("tasks", {}))
+        self.sources: dict[str, int] = defaultdict(int, s.get("sources", {}))
+        self.hist: dict[str, int] = defaultdict(int, s.get("label_histogram", {}))
+        self.nested: dict[str, dict[str, dict[str, int]]] = {
+            k: defaultdict(lambda: defaultdict(int), {a: defaultdict(int, b) for a, b in s.get(k, {}).items()})
+            for k in ("templates", "task_sources", "prompts", "skipped_empty", "render_errors", "mismatched_shortfall")
+        }
+        self.flat: dict[str, dict[str, int]] = {
+            k: defaultdict(int, s.get(k, {}))
+            for k in ("examples", "bad_lines", "duplicates", "duplicates_by_source", "generations")
+        }
+
+    def add_row(self, task: str, template: str, source: str, label: float) -> None:
+        self.tasks[task] += 1
+        self.sources[source] += 1
+        self.hist[_bin(label)] += 1
+        self.nested["templates"][task][template] += 1
+        self.nested["task_sources"][task][source] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "tasks": dict(self.tasks),
+            "sources": dict(self.sources),
+            "label_histogram": dict(sorted(self.hist.items())),
+        }
+        for k, v in self.nested.items():
+            out[k] = {a: dict(b) for a, b in v.items()}
+        for k, v in self.flat.items():
+            out[k] = dict(v)
+        return out
+
+
+class _State:
+    """The SQLite file that makes a build resumable; every change between two commits is one unit's work."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), isolation_level="DEFERRED")
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS seen (h INTEGER PRIMARY KEY, label REAL NOT NULL);
+            CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY, instruction TEXT, response TEXT,
+                label REAL, task TEXT, template TEXT, source TEXT);
+            CREATE TABLE IF NOT EXISTS gen (id INTEGER PRIMARY KEY, h INTEGER NOT NULL, prompt TEXT NOT NULL,
+                text TEXT NOT NULL, matched INTEGER NOT NULL DEFAULT 0);
+            CREATE INDEX IF NOT EXISTS gen_h ON gen (h);
+            """
+        )
+        self.db.commit()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def put(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class PairBuilder:
+    """Builds one mixture into ``out_dir``. Example: ``PairBuilder(Mixture.from_yaml("mix.yaml"), "out").build()``"""
+
+    def __init__(self, mixture: Mixture, out_dir: str | os.PathLike, options: BuildOptions | None = None):
+        self.mix = mixture
+        self.out = Path(out_dir)
+        self.opt = options or BuildOptions()
+        self.units: list[_Unit] = []
+        self.inputs: list[dict[str, str]] = []
+        self.heldout_checked: list[str] = []
+
+    # ---- planning -------------------------------------------------------------------------------------
+    def plan(self) -> list[_Unit]:
+        """Resolve datasets and templates, refuse held-out data, checksum every input."""
+        mix = self.mix
+        heldout = list(DEFAULT_HELDOUT) + list(mix.heldout)
+        self.heldout_checked = sorted(set(_norm(h) for h in heldout))
+        units: list[_Unit] = []
+        inputs: dict[str, str] = {}
+        for spec in mix.datasets:
+            source = mix.resolve(spec.path, mix.data_root)
+            key = spec.template_key or template_key(spec.name)
+            names = [spec.name, key] + ([source[len(HUB_PREFIX) :]] if source.startswith(HUB_PREFIX) else [])
+            hits = heldout_hits(names, heldout)
+            in_heldout_dir = not source.startswith(HUB_PREFIX) and "heldout" in Path(source).parts
+            if (hits or in_heldout_dir) and not self.opt.allow_heldout:
+                why = f"it matches the held-out list ({', '.join(hits)})" if hits else "its file is under heldout/"
+                raise HeldOutError(
+                    f"dataset {spec.name!r} ({source}) is held out for evaluation: {why}. Held-out families never "
+                    "enter training data; pass --allow-heldout only if you really mean it"
+                )
+            if not source.startswith(HUB_PREFIX):
+                p = Path(source)
+                if not p.exists():
+                    raise FileNotFoundError(f"dataset {spec.name!r}: {source} does not exist")
+                for f in sorted([p] if p.is_file() else (q for q in p.rglob("*") if q.is_file())):
+                    inputs[str(f)] = _sha256(f)
+            else:
+                inputs[source] = ""
+            root = spec.templates_root or mix.templates_root
+            root = mix.resolve(root) if root else None
+            try:
+                templates = select_templates(load_templates(key, root), spec.templates)
+            except TemplateError as err:
+                raise MixtureError(f"dataset {spec.name!r}: {err}") from None
+            if not templates:
+                raise MixtureError(f"dataset {spec.name!r}: no template selected by {spec.templates!r}")
+            for t in templates:
+                inputs.setdefault(t.file, _sha256(Path(t.file)))
+                units.append(_Unit(spec, t, source))
+        for g in mix.generations:
+            gp = Path(mix.resolve(g))
+            if not gp.exists():
+                raise FileNotFoundError(f"generations file {gp} does not exist")
+            inputs[str(gp)] = _sha256(gp)
+        self.inputs = [{"path": k, "sha256": v} for k, v in inputs.items()]
+        self.units = units
+        return units
+
+    def fingerprint(self) -> str:
+        recipe = dataclasses.asdict(self.mix)
+        recipe.pop("base_dir")
+        blob = json.dumps(
+            {"v": FORMAT_VERSION, "recipe": recipe, "inputs": self.inputs, "skip_bad": self.opt.skip_bad},
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    # ---- building -------------------------------------------------------------------------------------
+    def build(self) -> dict[str, Any]:
+        """Build (or finish) the shards and write ``manifest.json``; returns the manifest."""
+        if not self.units:
+            self.plan()
+        fp = self.fingerprint()
+        manifest_path = self.out / "manifest.json"
+        state_path = self.out / ".build" / "state.sqlite"
+        if manifest_path.exists() and not self.opt.overwrite:
+            old = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if old.get("fingerprint") == fp and self._shards_intact(old):
+                logger.info("%s: already built", self.out)
+                return old
+            raise BuildError(
+                f"{self.out} already holds a different build (or damaged shards); use another --out or --overwrite"
+            )
+        if self.opt.overwrite:
+            self._clear()
+        state = _State(state_path)
+        try:
+            prev = state.get("fingerprint")
+            if prev is not None and prev != fp:
+                raise BuildError(
+                    f"{self.out} holds an unfinished build of a different recipe or different inputs; "
+                    "use another --out or --overwrite"
+                )
+            if prev is None:
+                state.put("fingerprint", fp)
+                state.db.commit()
+            self._index_generations(state)
+            manifest = self._run(state, fp)
+        finally:
+            state.close()
+        if not self.opt.keep_state:
+            shutil.rmtree(self.out / ".build", ignore_errors=True)
+        return manifest
+
+    def _clear(self) -> None:
+        if not self.out.exists():
+            return
+        for p in self.out.glob("shard-*.parquet"):
+            p.unlink()
+        for name in ("manifest.json",):
+            (self.out / name).unlink(missing_ok=True)
+        shutil.rmtree(self.out / ".build", ignore_errors=True)
+
+    def _shards_intact(self, manifest: dict[str, Any]) -> bool:
+        for s in manifest.get("shards", []):
+            p = self.out / s["path"]
+            if not p.exists() or _sha256(p) != s["sha256"]:
+                return False
+        return True
+
+    def _index_generations(self, state: _State) -> None:
+        if not self.mix.generations or state.get("generations_indexed"):
+            return
+        stats = {"bad_lines": 0}
+        counts = {"files": 0, "rows": 0, "empty_text": 0}
+        batch: list[tuple[int, str, str]] = []
+        for g in self.mix.generations:
+            path = self.mix.resolve(g)
+            counts["files"] += 1
+            for lineno, row in iter_jsonl(path, skip_bad_lines=self.opt.skip_bad, stats=stats):
+                prompt, text = row.get("prompt"), row.get("text")
+                if not isinstance(prompt, str) or not isinstance(text, str):
+                    if self.opt.skip_bad:
+                        stats["bad_lines"] += 1
+                        continue
+                    field_name = "prompt" if not isinstance(prompt, str) else "text"
+                    raise BuildError(f"{path}:{lineno}: generation row needs a string {field_name!r}")
+                counts["rows"] += 1
+                if not text.strip():
+                    counts["empty_text"] += 1
+                    continue
+                batch.append((_prompt_key(prompt), prompt, text.strip()))
+                if len(batch) >= 10_000:
+                    state.db.executemany("INSERT INTO gen (h, prompt, text) VALUES (?, ?, ?)", batch)
+                    batch.clear()
+        if batch:
+            state.db.executemany("INSERT INTO gen (h, prompt, text) VALUES (?, ?, ?)", batch)
+        counts["bad_lines"] = stats["bad_lines"]
+        state.put("generations_indexed", counts)
+        state.db.commit()
+
+    def _run(self, state: _State, fp: str) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        done = state.get("units_done", 0)
+        shards: list[dict[str, Any]] = state.get("shards", [])
+        counters = _Counters(state.get("counters"))
+        self._pending = state.db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
+        self._seq = state.get("seq", 0)
+        bar = tqdm(total=len(self.units), initial=done, desc="pairs", unit="template", disable=not self.opt.progress)
+        for i, unit in enumerate(self.units):
+            if i < done:
+                continue
+            bar.set_postfix_str(f"{unit.spec.name} / {unit.template.name}"[:60])
+            self._run_unit(unit, state, counters, shards)
+            state.put("units_done", i + 1)
+            state.put("shards", shards)
+            state.put("counters", counters.to_dict())
+            state.put("seq", self._seq)
+            state.db.commit()
+            bar.update(1)
+        bar.close()
+        if self._pending:
+            self._flush(state, shards)
+            state.put("shards", shards)
+            state.db.commit()
+        return self._write_manifest(state, fp, shards, counters)
+
+    def _run_unit(self, unit: _Unit, state: _State, counters: _Counters, shards: list[dict[str, Any]]) -> None:
+        spec, tpl = unit.spec, unit.template
+        task, tname = spec.name, tpl.name
+        seed = self.mix.seed
+        unit_rng = random.Random(f"{seed}:{task}:{tpl.id}:unit")
+        pool = _Reservoir(self.mix.pool_size, unit_rng)
+        k = self.mix.mismatched if spec.mismatched is None else spec.mismatched
+        read_stats = {"bad_lines": 0}
+        examples = iter_examples(
+            unit.source, split=spec.split, config=spec.config, skip_bad_lines=self.opt.skip_bad, stats=read_stats
+        )
+        if spec.max_examples is not None:
+            examples = islice(examples, spec.max_examples)
+        n_examples = 0
+        for block in _blocks(examples, self.mix.block_size):
+            prompts: list[tuple[str, Prompt]] = []
+            for where, ex in block:
+                idx = n_examples
+                n_examples += 1
+                try:
+                    p = tpl.apply(ex, random.Random(f"{seed}:{task}:{tpl.id}:{idx}"))
+                except TemplateError as err:
+                    if not self.opt.skip_bad:
+                        raise BuildError(f"{where}: {err}") from None
+                    counters.nested["render_errors"][task][tname] += 1
+                    continue
+                if p is None:
+                    counters.nested["skipped_empty"][task][tname] += 1
+                    continue
+                counters.nested["prompts"][task][tname] += 1
+                prompts.append((where, p))
+                pool.add(p.target)
+            llm = self._candidates(state, [p.instruction for _, p in prompts])
+            rows: list[tuple[str, str, float, str]] = []
+            for _, p in prompts:
+                refs = p.references
+                rows.append((p.instruction, p.target, 1.0, "gold"))
+                taken = {p.target, *refs}
+                if spec.wrong_choices and p.answer_choices:
+                    for c in dict.fromkeys(p.answer_choices):
+                        if c and c not in taken:
+                            rows.append((p.instruction, c, 0.0, "wrong_choice"))
+                    taken.update(p.answer_choices)
+                for text in llm.get(p.instruction, ()):
+                    rows.append((p.instruction, text, rouge_l(text, refs), "llm"))
+                    taken.add(text)
+                picked = pool.sample(k, taken)
+                if len(picked) < k:
+                    counters.nested["mismatched_shortfall"][task][tname] += k - len(picked)
+                rows.extend((p.instruction, r, 0.0, "mismatched") for r in picked)
+            self._emit(rows, task, tname, state, counters, shards)
+        counters.flat["examples"][task] = max(counters.flat["examples"][task], n_examples)
+        if read_stats["bad_lines"]:
+            counters.flat["bad_lines"][task] = max(counters.flat["bad_lines"][task], read_stats["bad_lines"])
+
+    def _candidates(self, state: _State, instructions: list[str]) -> dict[str, list[str]]:
+        if not self.mix.generations or not instructions:
+            return {}
+        keys = sorted({_prompt_key(s) for s in instructions})
+        wanted = set(instructions)
+        out: dict[str, list[str]] = defaultdict(list)
+        for chunk in _chunks(keys, 500):
+            marks = ",".join("?" * len(chunk))
+            for _, prompt, text in state.db.execute(
+                f"SELECT h, prompt, text FROM gen WHERE h IN ({marks}) ORDER BY id", chunk
+            ):
+                if prompt in wanted:
+                    out[prompt].append(text)
+            state.db.execute(f"UPDATE gen SET matched=1 WHERE h IN ({marks})", chunk)
+        return out
+
+    def _emit(
+        self,
+        rows: list[tuple[str, str, float, str]],
+        task: str,
+        tname: str,
+        state: _State,
+        counters: _Counters,
+        shards: list[dict[str, Any]],
+    ) -> None:
+        """Drop exact duplicates (first kept; differing labels counted) and queue the rest for the shards."""
+        if not rows:
+            return
+        keys = [_pair_key(r[0], r[1]) for r in rows]
+        known: dict[int, float] = {}
+        for chunk in _chunks(sorted(set(keys)), 900):
+            marks = ",".join("?" * len(chunk))
+            known.update(state.db.execute(f"SELECT h, label FROM seen WHERE h IN ({marks})", chunk).fetchall())
+        fresh: list[tuple[int, float]] = []
+        queued: list[tuple[Any, ...]] = []
+        dup = counters.flat["duplicates"]
+        for key, (instr, resp, label, source) in zip(keys, rows):
+            if key in known:
+                dup["total"] += 1
+                counters.flat["duplicates_by_source"][source] += 1
+                if abs(known[key] - label) > 1e-6:
+                    dup["conflicting_labels"] += 1
+                continue
+            known[key] = label
+            fresh.append((key, label))
+            self._seq += 1
+            queued.append((self._seq, instr, resp, label, task, tname, source))
+            counters.add_row(task, tname, source, label)
+        state.db.executemany("INSERT INTO seen VALUES (?, ?)", fresh)
+        room = self.mix.shard_rows - self._pending
+        while queued:
+            head, queued = queued[:room], queued[room:]
+            state.db.executemany("INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", head)
+            self._pending += len(head)
+            if self._pending >= self.mix.shard_rows:
+                self._flush(state, shards)
+            room = self.mix.shard_rows - self._pending
+
+    def _flush(self, state: _State, shards: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema(
+            [
+                ("instruction", pa.string()),
+                ("response", pa.string()),
+                ("label", pa.float32()),
+                ("task", pa.string()),
+                ("template", pa.string()),
+                ("source", pa.string()),
+            ]
+        )
+        name = f"shard-{len(shards):05d}.parquet"
+        path = self.out / name
+        cursor = state.db.execute(
+            "SELECT instruction, response, label, task, template, source FROM pending ORDER BY seq"
+        )
+        n = 0
+        with atomic_write(path, "wb") as f:
+            writer = pq.ParquetWriter(f, schema, compression="zstd")
+            while batch := cursor.fetchmany(10_000):
+                cols = list(zip(*batch))
+                writer.write_table(pa.table([pa.array(c, type=t.type) for c, t in zip(cols, schema)], schema=schema))
+                n += len(batch)
+            writer.close()
+        state.db.execute("DELETE FROM pending")
+        self._pending = 0
+        shards.append({"path": name, "rows": n, "sha256": _sha256(path)})
+
+    def _write_manifest(
+        self, state: _State, fp: str, shards: list[dict[str, Any]], counters: _Counters
+    ) -> dict[str, Any]:
+        c = counters.to_dict()
+        gen = state.get("generations_indexed") or {}
+        if self.mix.generations:
+            (prompts,) = state.db.execute("SELECT COUNT(DISTINCT h) FROM gen").fetchone()
+            (matched,) = state.db.execute("SELECT COUNT(DISTINCT h) FROM gen WHERE matched=1").fetchone()
+            gen = {**gen, "prompts": prompts, "matched_prompts": matched, "unmatched_prompts": prompts - matched}
+        recipe = dataclasses.asdict(self.mix)
+        recipe.pop("base_dir")
+        templates_used: dict[str, list[str]] = defaultdict(list)
+        for u in self.units:
+            templates_used[u.spec.name].append(u.template.name)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "mixture": self.mix.name,
+            "rows": sum(s["rows"] for s in shards),
+            "shards": shards,
+            "columns": list(COLUMNS),
+            "seed": self.mix.seed,
+            "tasks": c["tasks"],
+            "sources": c["sources"],
+            "task_sources": c["task_sources"],
+            "templates": c["templates"],
+            "label_histogram": c["label_histogram"],
+            "examples": c["examples"],
+            "prompts": c["prompts"],
+            "skipped_empty": c["skipped_empty"],
+            "render_errors": c["render_errors"],
+            "bad_lines": c["bad_lines"],
+            "mismatched_shortfall": c["mismatched_shortfall"],
+            "duplicates": {
+                "total": c["duplicates"].get("total", 0),
+                "conflicting_labels": c["duplicates"].get("conflicting_labels", 0),
+                "by_source": c["duplicates_by_source"],
+            },
+            "generations": gen,
+            "templates_used": dict(templates_used),
+            "inputs": self.inputs,
+            "heldout_checked": self.heldout_checked,
+            "allow_heldout": self.opt.allow_heldout,
+            "recipe": recipe,
+            "fingerprint": fp,
+        }
+        if manifest["rows"] != sum(c["tasks"].values()):
+            raise BuildError("internal error: shard rows and counted rows differ")  # pragma: no cover
+        with atomic_write(self.out / "manifest.json") as f:
+            f.write(json.dumps(manifest, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+        return manifest
+
+
+def _blocks(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    while block := list(islice(it, size)):
+        yield block
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def build_pairs(mixture: Mixture | str | os.PathLike, out_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
+    """Build a mixture (object or YAML path) into ``out_dir``; returns the manifest.
+
+    Options are those of :class:`BuildOptions` (``allow_heldout``, ``skip_bad``, ``progress``, ``overwrite``).
+    Example: ``build_pairs("configs/mixtures/offline.yaml", "runs/data/offline")["rows"]``
+    """
+    mix = mixture if isinstance(mixture, Mixture) else Mixture.from_yaml(mixture)
+    return PairBuilder(mix, out_dir, BuildOptions(**options)).build()
+
+
+def iter_pairs(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Stream pair rows from a build folder (its shards in manifest order), a Parquet file or a JSONL file.
+
+    Example: ``next(iter_pairs("runs/data/offline"))["label"]``
+    """
+    p = Path(path)
+    if p.is_dir():
+        manifest = json.loads((p / "manifest.json").read_text(encoding="utf-8"))
+        files = [p / s["path"] for s in manifest["shards"]]
+    else:
+        files = [p]
+    for f in files:
+        for _, row in iter_examples(f):
+            yield row
