@@ -1,0 +1,151 @@
+"""Run outputs: results.json (every number and how it was made), predictions.jsonl, report.md and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cappy.io import atomic_write, dumps
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("cappy", "torch", "transformers", "tokenizers", "numpy", "rouge_score", "llama_cpp"):
+        try:
+            mod = __import__(name)
+            out[name] = str(getattr(mod, "__version__", "?"))
+        except ImportError:
+            continue
+    return out
+
+
+def write_run(
+    results: dict[str, Any], out_dir: str | Path, meta: dict[str, Any] | None = None, plots: bool = True
+) -> Path:
+    """Write ``results.json``, ``predictions.jsonl``, ``report.md`` and plots into ``out_dir``.
+
+    Example: ``write_run(evaluate_mc(...), "runs/eval/mc", {"models": {...}})``
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = dict(results)
+    predictions = results.pop("predictions", None)
+    results.update(meta or {})
+    results.setdefault("command", " ".join(sys.argv))
+    results.setdefault("date", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    results.setdefault("versions", library_versions())
+    with atomic_write(out / "results.json") as f:
+        json.dump(results, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    if predictions is not None:
+        with atomic_write(out / "predictions.jsonl") as f:
+            for row in predictions:
+                f.write(dumps(row) + "\n")
+    with atomic_write(out / "report.md") as f:
+        f.write(markdown_report([results], title=f"cappy eval {results.get('suite', '')}".strip()))
+    if plots:
+        write_plots(results, out)
+    return out
+
+
+def _fmt(x: float | None, scale: float) -> str:
+    return "–" if x is None else f"{x * scale:.1f}"
+
+
+def markdown_report(runs: Sequence[dict[str, Any]], title: str = "cappy report") -> str:
+    """Tasks as rows, methods as columns, the mean last (laid out like the paper's tables)."""
+    lines = [f"# {title}", ""]
+    for run in runs:
+        metric = run.get("metric", "?")
+        scale = 100.0
+        methods = list(run["methods"])
+        tasks: list[str] = []
+        for m in methods:
+            tasks += [t for t in run["methods"][m]["per_task"] if t not in tasks]
+        label = run.get("label") or run.get("suite", "")
+        lines += [f"## {label} — {metric} x100", ""]
+        if "sample" in run:
+            lines += [f"Sample: {json.dumps(run['sample'])}", ""]
+        if "command" in run:
+            lines += [f"Command: `{run['command']}`", ""]
+        lines.append("| Task | " + " | ".join(methods) + " |")
+        lines.append("|---|" + "---|" * len(methods))
+        for t in tasks:
+            row = [_fmt(run["methods"][m]["per_task"].get(t), scale) for m in methods]
+            lines.append(f"| {t} | " + " | ".join(row) + " |")
+        lines.append(
+            "| **Mean** | " + " | ".join(f"**{_fmt(run['methods'][m]['mean'], scale)}**" for m in methods) + " |"
+        )
+        lines.append("")
+        comps = run.get("comparisons") or {}
+        if comps:
+            lines += ["Paired bootstrap (95% interval, x100):", ""]
+            for name, c in comps.items():
+                against = f" (best LLM = {c['against']})" if "against" in c else ""
+                lines.append(
+                    f"- {name}{against}: {c['diff'] * 100:+.1f} [{c['ci_low'] * 100:+.1f}, {c['ci_high'] * 100:+.1f}]"
+                )
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
+    """``per_task.png`` (bars per task and method) and ``headline.png`` (mean per method)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    import numpy as np
+
+    methods = list(results["methods"])
+    tasks = list(next(iter(results["methods"].values()))["per_task"]) if methods else []
+    paths = []
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(tasks) + 2), 4))
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(tasks))
+    for i, m in enumerate(methods):
+        vals = [100 * (results["methods"][m]["per_task"].get(t) or 0) for t in tasks]
+        ax.bar(x + i * width, vals, width, label=m)
+    ax.set_xticks(x + width * (len(methods) - 1) / 2)
+    ax.set_xticklabels(tasks, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"{results.get('metric', '')} x100")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "per_task.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(methods) + 2), 3.5))
+    means = [100 * results["methods"][m]["mean"] for m in methods]
+    ax.bar(methods, means, color=["C3" if m.startswith("cappy") else "C0" for m in methods])
+    for i, v in enumerate(means):
+        ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel(f"mean {results.get('metric', '')} x100")
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    fig.tight_layout()
+    paths.append(out / "headline.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def merge_reports(dirs: Sequence[str | Path]) -> str:
+    """One markdown document from several run folders. Example: ``print(merge_reports(["runs/a", "runs/b"]))``"""
+    runs = []
+    for d in dirs:
+        p = Path(d) / "results.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"{d}: no results.json (is it a `cappy eval` output folder?)")
+        run = json.loads(p.read_text())
+        if "methods" not in run:
+            raise ValueError(f"{p}: not a cappy results file (no 'methods')")
+        run.setdefault("label", f"{Path(d).name} ({run.get('suite', '?')})")
+        runs.append(run)
+    return markdown_report(runs)
