@@ -1,0 +1,23 @@
+"""Training a Cappy scorer: pretraining from an encoder on built pairs, or adapting a scorer to one task.
+
+Example:
+    >>> from cappy.train import TrainConfig, train
+    >>> train(TrainConfig.from_yaml("configs/adapt_paper.yaml", {"model": "cappy-mini", "train": ["pairs/"],
+    ...       "output_dir": "out/task"}))
+"""
+
+from cappy.train.config import TrainConfig, resolve_base_model
+from cappy.train.data import PairSource, Plan
+from cappy.train.loop import Trainer, TrainingError, lr_factor, pairwise_accuracy, train
+
+__all__ = [
+    "PairSource",
+    "Plan",
+    "TrainConfig",
+    "Trainer",
+    "TrainingError",
+    "lr_factor",
+    "pairwise_accuracy",
+    "resolve_base_model",
+    "train",
+]

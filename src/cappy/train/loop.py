@@ -1,0 +1,472 @@
+"""The trainer: MSE (plus an optional ranking term) on Cappy pairs, on accelerate; resumable, fault-checked."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cappy.io import atomic_write, dumps
+from cappy.train.config import TrainConfig, resolve_base_model
+from cappy.train.data import Pairs, PairSource, Plan, read_dev
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = "training_state"
+BEST_DIR = "best"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (for example a non-finite loss); the message names the update."""
+
+
+def lr_factor(update: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier for the 0-based optimizer ``update``: linear warmup, then linear decay to 0.
+
+    Counted in optimizer updates, never micro-steps. Example: ``lr_factor(0, 100, 10)`` -> 0.1
+    """
+    if update < warmup:
+        return (update + 1) / warmup
+    return max(0.0, (total - update) / max(1, total - warmup))
+
+
+def pairwise_accuracy(instructions: list[str], labels: np.ndarray, scores: np.ndarray) -> tuple[float, int]:
+    """Over pairs of responses to the same instruction with different labels: how often the higher-labelled one
+    scores higher (a score tie counts half). Returns (accuracy, number of compared pairs; nan if none).
+
+    Example: ``pairwise_accuracy(["q", "q"], np.array([1., 0.]), np.array([.9, .1]))`` -> (1.0, 1)
+    """
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(instructions):
+        groups.setdefault(s, []).append(i)
+    good = 0.0
+    count = 0
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        y = labels[idx][:, None] - labels[idx][None, :]
+        s = scores[idx][:, None] - scores[idx][None, :]
+        mask = y > 0
+        count += int(mask.sum())
+        good += float((s[mask] > 0).sum() + 0.5 * (s[mask] == 0).sum())
+    return (good / count if count else float("nan")), count
+
+
+def _load_model(cfg: TrainConfig) -> tuple[Any, Any, int]:
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_base_model(cfg.model)
+    config = AutoConfig.from_pretrained(path)
+    replace_head = getattr(config, "num_labels", 1) != 1
+    config.num_labels = 1
+    config.problem_type = "regression"
+    if cfg.dropout is not None:
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "pooler_dropout"):
+            if hasattr(config, name):
+                setattr(config, name, cfg.dropout)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, config=config, ignore_mismatched_sizes=replace_head
+    )
+    if replace_head:
+        logger.warning("%s had a head with several outputs; it was replaced by a fresh one-output head", cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer, int((getattr(config, "cappy", None) or {}).get("max_length", 0))
+
+
+def _collate(enc: dict[str, list[list[int]]], tokenizer: Any, pad_to: int | None) -> dict[str, torch.Tensor]:
+    ids = enc["input_ids"]
+    width = pad_to or max(len(x) for x in ids)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for r, x in enumerate(ids):
+        input_ids[r, : len(x)] = torch.tensor(x)
+        mask[r, : len(x)] = 1
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if "token_type_ids" in enc:
+        tt = torch.zeros((len(ids), width), dtype=torch.long)
+        for r, x in enumerate(enc["token_type_ids"]):
+            tt[r, : len(x)] = torch.tensor(x)
+        batch["token_type_ids"] = tt
+    return batch
+
+
+def _rank_term(scores: torch.Tensor, labels: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+    """Sum over runs of one instruction (>= 2 responses, some positive label) of run size x softmax cross-entropy
+    between the scores and the labels normalised to a distribution."""
+    total = scores.new_zeros(())
+    start = 0
+    n = len(instructions)
+    while start < n:
+        end = start + 1
+        while end < n and instructions[end] == instructions[start]:
+            end += 1
+        y = labels[start:end]
+        if end - start >= 2 and float(y.sum()) > 0:
+            target = y / y.sum()
+            total = total - (end - start) * (target * torch.log_softmax(scores[start:end], dim=0)).sum()
+        start = end
+    return total
+
+
+class Trainer:
+    """Runs one :class:`TrainConfig` as one process or as one rank of ``accelerate launch`` / ``torchrun``.
+
+    Example:
+        >>> Trainer(TrainConfig.from_yaml("configs/adapt_paper.yaml", {"model": "cappy-mini", "train": ["p/"],
+        ...         "output_dir": "out/task"})).train()
+        {'updates': 800, 'pairs': 102400, 'dev_mse': 0.081, ...}
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType, set_seed
+
+        cfg.validate()
+        self.cfg = cfg
+        if not cfg.progress:
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
+        mp = cfg.mixed_precision
+        if mp == "auto":
+            mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        if cfg.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"config: device must be auto, cpu or cuda, got {cfg.device!r}")
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("config: device=cuda but CUDA is not available on this machine")
+        self.accelerator = acc = Accelerator(mixed_precision=mp, cpu=cfg.device == "cpu")
+        self.world = acc.num_processes
+        self.rank = acc.process_index
+        self.deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+        self.fsdp = acc.distributed_type == DistributedType.FSDP
+        self.out = Path(cfg.output_dir)
+        if self.deepspeed:
+            raise ValueError(
+                "DeepSpeed steps the optimizer inside backward(), which this trainer's exact accumulation does "
+                "not support yet; use DDP or FSDP (configs/accelerate/ddp.yaml, fsdp.yaml)"
+            )
+
+        # Data first: bad input stops before any model is loaded.
+        self.source = PairSource(cfg.train, cfg.jsonl_block_rows)
+        self.plan = Plan(
+            self.source, cfg.batch_size, cfg.seed, cfg.shuffle_window_rows, cfg.num_pairs, cfg.epochs, cfg.shuffle
+        )
+        self.dev = read_dev(cfg.dev, cfg.jsonl_block_rows) if cfg.dev else None
+
+        set_seed(cfg.seed)
+        model, self.tokenizer, saved_len = _load_model(cfg)
+        from cappy.model import Cappy
+
+        # The Cappy wrapper owns the pair format (encode) and clamps max_length to the model's positions.
+        self.scorer = Cappy(
+            model, self.tokenizer, max_length=cfg.max_length, batch_size=cfg.eval_batch_size, device=acc.device
+        )
+        model.train()
+        self.max_length = self.scorer.max_length
+        self.accum, self.micro = cfg.updates_per_batch_plan(self.world)
+        self.total_updates = self.plan.total_updates
+        self.warmup = (
+            cfg.warmup_updates if cfg.warmup_updates is not None else round(cfg.warmup_ratio * self.total_updates)
+        )
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight")
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
+            {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        total, warmup = self.total_updates, self.warmup
+        # Not passed through accelerator.prepare: its wrapper would step the schedule once per process.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(u, total, warmup))
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        acc.register_for_checkpointing(self.scheduler)
+        self.update = 0
+        self.pairs_seen = 0
+        self.best: float | None = None
+        self.trace: list[list[int]] = []
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state_root(self) -> Path:
+        return self.out / STATE_DIR
+
+    def _latest(self) -> Path | None:
+        pointer = self._state_root() / "latest"
+        if not pointer.is_file():
+            return None
+        path = self._state_root() / pointer.read_text(encoding="utf-8").strip()
+        return path if (path / "trainer_state.json").is_file() else None
+
+    def save_state(self) -> Path:
+        """Write training_state/step-<N> (model, optimizer, schedule, RNG, data position) and point `latest` at it.
+
+        The folder is complete before the pointer moves, so a kill at any moment leaves a usable checkpoint.
+        """
+        acc = self.accelerator
+        root = self._state_root()
+        name = f"step-{self.update:08d}"
+        tmp = root / f".tmp-{name}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            w, b = self.plan.locate(self.update) if self.update < self.total_updates else (len(self.plan.windows), 0)
+            state = {
+                "update": self.update,
+                "pairs_seen": self.pairs_seen,
+                "best": self.best,
+                "window": w,
+                "batch_in_window": b,
+                "total_updates": self.total_updates,
+                "world_size": self.world,
+                "config": self.cfg.to_dict(),
+            }
+            with atomic_write(tmp / "trainer_state.json") as f:
+                f.write(json.dumps(state, indent=2) + "\n")
+            final = root / name
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            with atomic_write(root / "latest") as f:
+                f.write(name + "\n")
+            for old in root.iterdir():
+                if old.name not in (name, "latest") and old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return root / name
+
+    def _resume(self) -> None:
+        latest = self._latest()
+        if latest is None:
+            return
+        state = json.loads((latest / "trainer_state.json").read_text(encoding="utf-8"))
+        if state["total_updates"] != self.total_updates:
+            raise ValueError(
+                f"{latest}: this checkpoint belongs to a run of {state['total_updates']} updates, the config now "
+                f"gives {self.total_updates}; use a new output_dir or resume: false"
+            )
+        self.accelerator.load_state(str(latest))
+        self.update = int(state["update"])
+        self.pairs_seen = int(state["pairs_seen"])
+        self.best = state["best"]
+        logger.info("resumed from %s at update %d", latest, self.update)
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop metrics.jsonl lines written after the checkpoint we resume from."""
+        log = self.out / "metrics.jsonl"
+        if not self.accelerator.is_main_process or not log.is_file():
+            return
+        keep = []
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("update", 0) <= self.update:
+                    keep.append(line)
+            except ValueError:
+                continue  # a line cut by the kill
+        with atomic_write(log) as f:
+            f.write("".join(x + "\n" for x in keep))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(dumps(record) + "\n")
+
+    def save_model(self, directory: Path) -> None:
+        """Write a Cappy checkpoint (the scorer's format). A subfolder such as best/ is built beside and swapped in
+        whole; the run folder itself gets its files replaced one by one (it also holds training_state/)."""
+        from cappy.model import Cappy
+
+        acc = self.accelerator
+        state = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            unwrapped = acc.unwrap_model(self.model)
+            model = unwrapped
+            if self.fsdp:  # the full weights exist only in the gathered state dict
+                model = type(unwrapped).from_config(unwrapped.config)
+                model.load_state_dict(state)
+            scorer = Cappy(model, self.tokenizer, max_length=self.max_length)
+            if directory == self.out:
+                scorer.save_pretrained(directory)
+            else:
+                tmp = directory.parent / f".tmp-{directory.name}"
+                old = directory.parent / f".old-{directory.name}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                scorer.save_pretrained(tmp)
+                if directory.exists():
+                    shutil.rmtree(old, ignore_errors=True)
+                    os.replace(directory, old)
+                os.replace(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            unwrapped.train()
+        acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Dev MSE and pairwise ranking accuracy of the current weights."""
+        assert self.dev is not None
+        model = self.model if self.fsdp else self.accelerator.unwrap_model(self.model)
+        model.eval()
+        saved = self.scorer.model
+        self.scorer.model = model
+        try:
+            scores = self.scorer.score(self.dev.instructions, self.dev.responses, show_progress_bar=False)
+        finally:
+            self.scorer.model = saved
+            model.train()
+        mse = float(np.mean((scores.astype(np.float64) - self.dev.labels) ** 2))
+        acc, n = pairwise_accuracy(self.dev.instructions, self.dev.labels, scores)
+        return {"dev_mse": mse, "dev_pairwise_accuracy": acc, "dev_pairs": len(self.dev), "dev_ranked_pairs": n}
+
+    def _is_better(self, metrics: dict[str, float]) -> bool:
+        value = metrics[self.cfg.metric_for_best]
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value < self.best if self.cfg.metric_for_best == "dev_mse" else value > self.best
+
+    # ------------------------------------------------------------------ one update
+    def _micro_batches(self, batch: Pairs) -> list[Pairs | None]:
+        """This process's share of an update batch, cut into the same number of micro-batches on every process
+        (None where this process has run out, so collective calls stay matched)."""
+        n = len(batch)
+        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        k = math.ceil(math.ceil(n / self.world) / self.micro)
+        mine = np.arange(lo, hi)
+        parts = np.array_split(mine, k) if len(mine) else [mine] * k
+        return [batch.take(p) if len(p) else None for p in parts]
+
+    def _step(self, batch: Pairs) -> tuple[float, float, float]:
+        """One optimizer update on ``batch``; returns (mean loss, gradient norm, learning rate used)."""
+        acc = self.accelerator
+        cfg = self.cfg
+        n = len(batch)
+        micro = self._micro_batches(batch)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for i, mb in enumerate(micro):
+            dummy = mb is None
+            if dummy:  # keep forward/backward counts equal across processes; contributes zero gradient
+                mb = batch.take(np.arange(1))
+            enc = self.scorer.encode(mb.instructions, mb.responses)
+            inputs = {k: v.to(acc.device) for k, v in _collate(enc, self.tokenizer, self._pad_to).items()}
+            labels = torch.from_numpy(mb.labels).to(acc.device)
+            sync = i == len(micro) - 1
+            ctx = acc.no_sync(self.model) if not sync else contextlib.nullcontext()
+            with ctx:
+                scores = self.model(**inputs).logits.reshape(-1).float()
+                se = (scores - labels).pow(2).sum()
+                if cfg.rank_loss_weight > 0:
+                    se = se + cfg.rank_loss_weight * _rank_term(scores, labels, mb.instructions)
+                # Sum over the whole update batch / its size; DDP averages over processes, so scale by world.
+                loss = se * (0.0 if dummy else self.world / n)
+                acc.backward(loss)
+            if not dummy:
+                loss_sum += se.detach().double().cpu()
+            if cfg.trace_data and not dummy:
+                self.trace.append([self.update, *mb.row_ids.tolist()])
+        total = float(acc.reduce(loss_sum.to(acc.device), reduction="sum").item()) / n
+        lr = self.scheduler.get_last_lr()[0]
+        if not math.isfinite(total):
+            return total, float("nan"), lr
+        norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or float("inf"))
+        norm = float(norm) if norm is not None else float("nan")
+        if math.isfinite(norm) or acc.mixed_precision == "fp16":  # fp16's scaler skips overflowing steps
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, norm, lr
+
+    @property
+    def _pad_to(self) -> int | None:
+        return self.max_length if self.cfg.pad_to_max_length else None
+
+    # ------------------------------------------------------------------ the run
+    def train(self) -> dict[str, Any]:
+        """Train to the end of the plan (resuming if a checkpoint exists); returns the final metrics."""
+        from tqdm.auto import tqdm
+
+        acc, cfg = self.accelerator, self.cfg
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        if cfg.resume:
+            self._resume()
+        elif acc.is_main_process and (self.out / "metrics.jsonl").exists():
+            (self.out / "metrics.jsonl").unlink()
+        if self.update == 0 and acc.is_main_process:
+            with atomic_write(self.out / "train_config.json") as f:
+                f.write(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        bar = tqdm(
+            total=self.total_updates,
+            initial=self.update,
+            desc="training",
+            unit="update",
+            disable=not (cfg.progress and acc.is_main_process),
+        )
+        window = -1
+        batches: list[Pairs] = []
+        t0, pairs0 = time.perf_counter(), self.pairs_seen
+        last: dict[str, Any] = {}
+        try:
+            while self.update < self.total_updates:
+                w, b = self.plan.locate(self.update)
+                if w != window:
+                    window, batches = w, self.plan.batches(w, cfg.grouped, 8 * self.max_length)
+                batch = batches[b]
+                loss, norm, lr = self._step(batch)
+                if not math.isfinite(loss) or (not math.isfinite(norm) and acc.mixed_precision != "fp16"):
+                    latest = self._latest()
+                    what = "loss" if not math.isfinite(loss) else "gradient norm"
+                    raise TrainingError(
+                        f"non-finite {what} ({loss if what == 'loss' else norm}) at update {self.update + 1} of "
+                        f"{self.total_updates}; stopped without applying it. Last good checkpoint: "
+                        f"{latest if latest else 'none (no checkpoint was written yet)'}"
+                    )
+                self.update += 1
+                self.pairs_seen += len(batch)
+                elapsed = time.perf_counter() - t0
+                rate = (self.pairs_seen - pairs0) / elapsed if elapsed > 0 else 0.0
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", pairs_s=f"{rate:.0f}")
+                last = {"update": self.update, "loss": loss, "lr": lr, "grad_norm": norm, "pairs": self.pairs_seen}
+                if self.update % cfg.log_every == 0 or self.update == self.total_updates:
+                    self._log({**last, "epoch": self.plan.windows[w].epoch, "pairs_per_s": rate})
+                done = self.update == self.total_updates
+                if self.dev is not None and (done or (cfg.eval_every and self.update % cfg.eval_every == 0)):
+                    metrics = self.evaluate()
+                    improved = self._is_better(metrics)
+                    if improved:
+                        self.best = metrics[cfg.metric_for_best]
+                        self.save_model(self.out / BEST_DIR)
+                    self._log({"update": self.update, **metrics, "best": improved})
+                    last.update(metrics)
+                if done or (cfg.save_every and self.update % cfg.save_every == 0):
+                    self.save_state()
+        finally:
+            bar.close()
+        self.save_model(self.out)
+        if cfg.trace_data:
+            trace_dir = self.out / "data_trace"
+            trace_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_write(trace_dir / f"rank-{self.rank}.json") as f:
+                f.write(json.dumps(self.trace))
+        acc.wait_for_everyone()
+        return {**last, "updates": self.update, "total_updates": self.total_updates, "best": self.best}
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run one training job; see :class:`TrainConfig`. Example: ``train(TrainConfig.from_yaml("run.yaml"))``"""
+    return Trainer(cfg).train()
