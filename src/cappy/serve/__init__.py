@@ -1,0 +1,13 @@
+"""Serving: an HTTP scoring and reranking service with micro-batching and a web playground.
+
+Example:
+    >>> from cappy import Cappy
+    >>> from cappy.serve import ServeConfig, create_app
+    >>> app = create_app(Cappy.from_pretrained("cappy-mini"), ServeConfig(max_wait_ms=2))
+    >>> # uvicorn.run(app, host="127.0.0.1", port=8080), or `cappy serve --model cappy-mini`
+"""
+
+from cappy.serve.app import Generator, RecipeRequest, ServeConfig, create_app
+from cappy.serve.batcher import MicroBatcher, Overloaded, ShuttingDown
+
+__all__ = ["Generator", "MicroBatcher", "Overloaded", "RecipeRequest", "ServeConfig", "ShuttingDown", "create_app"]

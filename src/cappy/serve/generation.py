@@ -1,0 +1,65 @@
+"""Wiring /best-of-n to cappy.generate: request (recipe name, n) -> a Recipe, and a seeded generator.
+
+Only shipped recipe names (and the one the operator configured) are accepted from a request: a recipe may be a
+file path, and HTTP clients must not choose files on the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+
+def recipe_factory(default: str = "quick") -> Callable[[str | None, int | None], Any]:
+    """``make(name, n)`` -> a :class:`cappy.generate.Recipe`: ``name`` (or ``default``) cut to its first n candidates.
+
+    Example: ``recipe_factory("paper17")(None, 5).num_candidates`` -> 5 (beam4 x1, then 4 plain samples)
+    """
+    from cappy.generate import available_recipes, load_recipe
+
+    default_recipe = load_recipe(default)  # fail at start-up, not on the first request
+
+    def make(name: str | None, n: int | None) -> Any:
+        if name is None or name == default:
+            recipe = default_recipe
+        elif name in available_recipes():
+            recipe = load_recipe(name)
+        else:
+            raise ValueError(f"unknown recipe {name!r}; this server offers {sorted({default, *available_recipes()})}")
+        if n is None or n == recipe.num_candidates:
+            return recipe
+        if n > recipe.num_candidates:
+            raise ValueError(
+                f"recipe {recipe.name!r} makes {recipe.num_candidates} candidates; ask for at most that many "
+                "or pick a larger recipe"
+            )
+        decodings, left = [], n
+        for d in recipe.decodings:
+            if left == 0:
+                break
+            take = min(d.n, left)
+            decodings.append(dataclasses.replace(d, n=take))
+            left -= take
+        return dataclasses.replace(recipe, decodings=tuple(decodings))
+
+    return make
+
+
+class SeededGenerator:
+    """Adapts a :class:`cappy.generate.Generator` to the server's ``generate(prompts, recipe)`` with a fixed seed.
+
+    Example: ``SeededGenerator(LlamaCppGenerator(), seed=7).generate(["Q: 2+2?\\nA:"], recipe)``
+    """
+
+    def __init__(self, generator: Any, seed: int = 0) -> None:
+        self.generator = generator
+        self.seed = seed
+
+    def generate(self, prompts: list[str], recipe: Any) -> list[list[Any]]:
+        return self.generator.generate(prompts, recipe, seed=self.seed)
+
+    def close(self) -> None:
+        close = getattr(self.generator, "close", None)
+        if close is not None:
+            close()
