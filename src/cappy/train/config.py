@@ -164,7 +164,10 @@ class TrainConfig:
 
 
 def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
-    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        args: tuple[Any, ...] = (hint,)
+    else:
+        args = typing.get_args(hint)
     optional = type(None) in args
     if value is None:
         if optional:

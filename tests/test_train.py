@@ -1,0 +1,213 @@
+"""Training on tiny models built from configs, in this process: schedule, evaluation, best checkpoint, heads,
+the ranking term, NaN handling, config and CLI parsing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_train_data import make_rows, write_jsonl, write_shards
+
+from cappy import Cappy
+from cappy.cli.train import parse_overrides
+from cappy.train import TrainConfig, Trainer, TrainingError, lr_factor, pairwise_accuracy, resolve_base_model, train
+from cappy.train.loop import _rank_term
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two shared cores: several torch threads spin against each other and make tiny models 40x slower.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _cfg(model_dir, train_path, out, **kw) -> TrainConfig:
+    base = dict(
+        model=str(model_dir),
+        train=[str(train_path)],
+        output_dir=str(out),
+        batch_size=16,
+        per_device_batch_size=4,
+        max_length=64,
+        lr=1e-3,
+        warmup_ratio=0.2,
+        dropout=0.0,
+        device="cpu",
+        mixed_precision="no",
+        progress=False,
+        save_every=0,
+        eval_every=0,
+        log_every=1,
+        shuffle_window_rows=64,
+        seed=7,
+    )
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def _metrics(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_config_yaml_overrides_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: m\ntrain: data/\noutput_dir: o\nlr: 2.0e-5\nbatch_size: 128\n")
+    cfg = TrainConfig.from_yaml(path, {"lr": "1e-4", "per_device_batch_size": 32.0})
+    assert cfg.train == ["data/"] and cfg.lr == 1e-4 and cfg.per_device_batch_size == 32
+    assert cfg.updates_per_batch_plan(world_size=2) == (2, 32)
+    with pytest.raises(ValueError, match="unknown setting 'learning_rate'"):
+        TrainConfig.from_yaml(path, {"learning_rate": 1})
+    with pytest.raises(ValueError, match="batch_size must be an integer"):
+        TrainConfig.from_yaml(path, {"batch_size": 12.5})
+    with pytest.raises(ValueError, match="'model' is required"):
+        TrainConfig.from_dict({"train": ["x"], "output_dir": "o"})
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig.from_yaml(path, {"mixed_precision": "fp8"})
+    assert parse_overrides(["--lr", "1e-4", "--train=[a.jsonl, b/]", "--progress", "false", "--num-pairs", "64"]) == {
+        "lr": 1e-4,
+        "train": ["a.jsonl", "b/"],
+        "progress": False,
+        "num_pairs": 64,
+    }
+    with pytest.raises(ValueError, match="--lr needs a value"):
+        parse_overrides(["--lr"])
+
+
+def test_shipped_configs_load(tmp_path):
+    from conftest import REPO
+
+    adapt = TrainConfig.from_yaml(REPO / "configs" / "adapt_paper.yaml", {"model": "m", "train": "t", "output_dir": "o"})
+    assert (adapt.lr, adapt.weight_decay, adapt.warmup_ratio) == (2e-5, 0.0, 0.1)
+    assert (adapt.batch_size, adapt.num_pairs, adapt.max_length) == (128, 102400, 512)
+    mini = TrainConfig.from_yaml(REPO / "configs" / "pretrain_mini.yaml", {"train": "t", "output_dir": "o"})
+    assert (resolve_base_model(mini.model) and __import__("pathlib").Path(resolve_base_model(mini.model)) / "config.json").exists()
+
+
+def test_lr_schedule_counts_optimizer_updates_not_micro_steps(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "p.jsonl", make_rows(40))  # 160 pairs -> 10 updates of 16, 4 micro-steps each
+    out = tmp_path / "run"
+    result = train(_cfg(tiny_model_dir("roberta"), data, out))
+    logs = [m for m in _metrics(out) if "loss" in m]
+    assert [m["update"] for m in logs] == list(range(1, 11)) and result["updates"] == 10
+    assert [m["pairs"] for m in logs] == [16 * u for u in range(1, 11)]
+    lrs = [m["lr"] for m in logs]
+    expected = [1e-3 * lr_factor(u, 10, 2) for u in range(10)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-9)
+    assert lrs[1] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-3 / 8)  # warmed up, then decayed
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1) and lr_factor(99, 100, 10) == pytest.approx(1 / 90)
+
+
+def test_training_learns_keeps_best_and_writes_a_cappy_checkpoint(tmp_path, tiny_model_dir):
+    train_dir = write_shards(tmp_path / "pairs", make_rows(96, seed=1), shard_rows=160, row_group_size=40)
+    dev = write_jsonl(tmp_path / "dev.jsonl", make_rows(12, seed=2))
+    model_dir = tiny_model_dir("roberta")
+    out = tmp_path / "run"
+    cfg = _cfg(model_dir, train_dir, out, dev=str(dev), epochs=3, eval_every=8, lr=3e-3, save_every=12)
+    trainer = Trainer(cfg)
+    before = trainer.evaluate()
+    result = trainer.train()
+    evals = [m for m in _metrics(out) if "dev_mse" in m]
+    total = result["total_updates"]
+    assert total == trainer.plan.total_updates > 60  # 3 epochs of 384 pairs, windows of 80 with partial batches
+    assert [m["update"] for m in evals] == list(range(8, total, 8)) + [total]
+    best = min(evals, key=lambda m: m["dev_mse"])
+    assert best["dev_mse"] < 0.5 * before["dev_mse"], (before, best)
+    assert result["best"] == pytest.approx(best["dev_mse"])
+    # best/ holds the weights of the best evaluation; rescoring the dev file reproduces its numbers.
+    scorer = Cappy.from_pretrained(out / "best", device="cpu")
+    rows = make_rows(12, seed=2)
+    scores = scorer.score([r["instruction"] for r in rows], [r["response"] for r in rows])
+    labels = np.array([r["label"] for r in rows])
+    assert float(np.mean((scores - labels) ** 2)) == pytest.approx(best["dev_mse"], rel=1e-4)
+    acc, n = pairwise_accuracy([r["instruction"] for r in rows], labels, scores)
+    assert n == 12 * 5 and acc == pytest.approx(best["dev_pairwise_accuracy"])
+    # The run folder itself is a Cappy checkpoint of the final weights, declared as a raw-score regressor.
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["id2label"]) == 1 and config["problem_type"] == "regression"
+    assert config["cappy"]["max_length"] == 64
+    final = Cappy.from_pretrained(out, device="cpu").score(rows[0]["instruction"], rows[0]["response"])
+    assert final == pytest.approx(float(trainer.scorer.score(rows[0]["instruction"], rows[0]["response"])), abs=1e-5)
+    assert (out / "training_state" / "latest").read_text().strip() == f"step-{total:08d}"
+
+
+def test_encoder_checkpoint_gets_a_fresh_regression_head(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    src = tiny_model_dir("bert")
+    encoder_dir = tmp_path / "encoder"
+    config = AutoConfig.from_pretrained(src)
+    config.architectures = ["BertModel"]
+    encoder = AutoModel.from_pretrained(src, config=config)  # the encoder part of the tiny model, no head
+    encoder.save_pretrained(encoder_dir)
+    AutoTokenizer.from_pretrained(src).save_pretrained(encoder_dir)
+    out = tmp_path / "run"
+    data = write_jsonl(tmp_path / "p.jsonl", make_rows(8))
+    train(_cfg(encoder_dir, data, out, lr=1e-6))
+    weights = load_file(out / "model.safetensors")
+    assert weights["classifier.weight"].shape == (1, 32)
+    before = encoder.embeddings.word_embeddings.weight.detach()
+    after = weights["bert.embeddings.word_embeddings.weight"]
+    assert torch.allclose(before, after, atol=1e-4), "the encoder weights must be loaded, not re-initialised"
+    assert json.loads((out / "config.json").read_text())["problem_type"] == "regression"
+
+
+def test_rank_term_matches_softmax_cross_entropy():
+    scores = torch.tensor([2.0, 0.0, -1.0, 0.5, 0.3, 5.0], requires_grad=True)
+    labels = torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 1.0])
+    instr = ["a", "a", "a", "b", "b", "c"]  # group b has no positive label, c has one response: no term
+    got = _rank_term(scores, labels, instr)
+    target = torch.tensor([2 / 3, 0.0, 1 / 3])
+    want = -3 * (target * torch.log_softmax(scores[:3].detach(), 0)).sum()
+    assert float(got.detach()) == pytest.approx(float(want))
+    got.backward()
+    assert torch.all(scores.grad[3:] == 0) and float(scores.grad[:3].sum()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_rank_loss_changes_training_and_groups_batches(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "p.jsonl", make_rows(32))
+    plain = train(_cfg(tiny_model_dir("roberta"), data, tmp_path / "a"))
+    ranked = train(_cfg(tiny_model_dir("roberta"), data, tmp_path / "b", rank_loss_weight=1.0))
+    assert TrainConfig.from_dict({"model": "m", "train": ["x"], "output_dir": "o", "rank_loss_weight": 0.5}).grouped
+    assert ranked["updates"] == plain["updates"] == 8
+    assert not math.isclose(ranked["loss"], plain["loss"], rel_tol=1e-3)
+
+
+def test_pairwise_accuracy_counts_ties_half():
+    instr = ["q", "q", "q", "r", "r"]
+    labels = np.array([1.0, 0.0, 0.5, 1.0, 1.0])
+    scores = np.array([0.9, 0.1, 0.9, 0.2, 0.3])
+    acc, n = pairwise_accuracy(instr, labels, scores)
+    assert n == 3  # (q0,q1), (q0,q2), (q2,q1); r has equal labels
+    assert acc == pytest.approx((1 + 0.5 + 1) / 3)
+
+
+def test_nan_loss_stops_with_the_update_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "p.jsonl", make_rows(16))
+    out = tmp_path / "run"
+    # An absurd learning rate sends the weights to ~1e30 after one update, so the next forward overflows.
+    cfg = _cfg(tiny_model_dir("roberta"), data, out, lr=1e30, warmup_ratio=0.0, save_every=1, max_grad_norm=None)
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at update 2 of 4.*step-00000001"):
+        train(cfg)
+    latest = out / "training_state" / (out / "training_state" / "latest").read_text().strip()
+    assert latest.name == "step-00000001"
+    state = load_file(latest / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert not (out / "model.safetensors").exists()
+
+
+def test_bad_data_stops_before_the_model_is_loaded(tmp_path):
+    rows = make_rows(4)
+    rows[3]["label"] = float("nan")
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"p\.jsonl:4: label is nan"):
+        Trainer(_cfg(tmp_path / "no-such-model", data, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
