@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +14,16 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from cappy.data.pairs import BuildError, HeldOutError, Mixture, MixtureError, PairBuilder, build_pairs, iter_pairs
+from cappy.data.pairs import (
+    BuildError,
+    HeldOutError,
+    Mixture,
+    MixtureError,
+    PairBuilder,
+    build_pairs,
+    export_prompts,
+    iter_pairs,
+)
 from cappy.metrics import rouge_l
 from conftest import REPO, SHARED_DATA
 
@@ -206,13 +216,16 @@ def test_crash_mid_build_then_resume_is_identical(tmp_path, monkeypatch):
     def crashing_flush(self, state, shards):
         calls["n"] += 1
         real_flush(self, state, shards)
-        if calls["n"] == 8:  # inside the second template's unit, after its shard was written
+        if calls["n"] == 20:  # the mc unit fills 15 shards; this is inside the free unit, after a shard was written
             raise KeyboardInterrupt
 
     monkeypatch.setattr(PairBuilder, "_flush", crashing_flush)
     with pytest.raises(KeyboardInterrupt):
         build_pairs(mix, tmp_path / "run", progress=False)
-    assert (tmp_path / "run" / ".build").exists() and not (tmp_path / "run" / "manifest.json").exists()
+    assert (tmp_path / "run" / "shard-00019.parquet").exists() and not (tmp_path / "run" / "manifest.json").exists()
+    db = sqlite3.connect(tmp_path / "run" / ".build" / "state.sqlite")
+    assert db.execute("SELECT value FROM meta WHERE key='units_done'").fetchone() == ("1",)
+    db.close()
     monkeypatch.setattr(PairBuilder, "_flush", real_flush)
     again = build_pairs(mix, tmp_path / "run", progress=False)
     assert again == ref | {"shards": again["shards"]} and again["shards"] == ref["shards"]
@@ -250,3 +263,21 @@ def test_sigkill_then_rerun_gives_identical_output(tmp_path):
     for s in ref["shards"]:
         assert (tmp_path / "run" / s["path"]).read_bytes() == (tmp_path / "ref" / s["path"]).read_bytes()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+
+
+def test_exported_prompts_are_the_built_instructions(tmp_path):
+    mix = _setup(tmp_path, _rows(12), mismatched=0)
+    counts = export_prompts(mix, tmp_path / "prompts.jsonl", free_text_only=True, progress=False)
+    exported = [json.loads(line) for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
+    assert counts["prompts"] == 12 and {r["template"] for r in exported} == {"free"}
+    assert exported[0]["references"] == ["answer 0 is here"]
+    with open(tmp_path / "gens.jsonl", "w", encoding="utf-8") as f:
+        for r in exported:
+            f.write(json.dumps({"prompt": r["prompt"], "text": "answer is here", "decoding": "greedy"}) + "\n")
+    data = json.loads(mix.read_text())
+    mix.write_text(json.dumps({**data, "generations": ["gens.jsonl"]}), encoding="utf-8")
+    m = build_pairs(mix, tmp_path / "o", progress=False)
+    assert m["generations"]["matched_prompts"] == 12 and m["generations"]["unmatched_prompts"] == 0
+    built = {r["instruction"] for r in _read(tmp_path / "o") if r["template"] == "free"}
+    assert built == {r["prompt"] for r in exported}
+    assert m["sources"]["llm"] == 12

@@ -31,6 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=run_build)
 
+    e = dsub.add_parser("prompts", help="write a mixture's rendered instructions as JSONL for `cappy generate`")
+    e.add_argument("mixture", help="mixture YAML")
+    e.add_argument("--out", required=True, help="JSONL file (written atomically): prompt, references, task, template")
+    e.add_argument("--seed", type=int, default=None, help="override the mixture's seed (use the build's seed)")
+    e.add_argument("--data-root", default=None, help="override the mixture's data_root")
+    e.add_argument("--max-examples", type=int, default=None, help="at most this many examples per dataset")
+    e.add_argument("--free-text-only", action="store_true", help="only templates without answer choices")
+    e.add_argument("--allow-heldout", action="store_true", help="allow held-out (evaluation) datasets")
+    e.add_argument("--skip-bad", action="store_true", help="skip and count malformed lines and failing renders")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=run_prompts)
+
     t = dsub.add_parser("templates", help="list template folders, or the templates of one dataset")
     t.add_argument("dataset", nargs="?", help="dataset name or template key, e.g. super_glue/boolq")
     t.add_argument("--root", default=None, help="folder of templates.yaml files (default: PromptSource's)")
@@ -64,6 +76,31 @@ def run_build(args: argparse.Namespace) -> int:
     print(
         f"cappy data build: {manifest['rows']} pairs in {len(manifest['shards'])} shards ({src}); "
         f"{manifest['duplicates']['total']} duplicates dropped; {took:.1f}s -> {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_prompts(args: argparse.Namespace) -> int:
+    from cappy.data.pairs import Mixture, export_prompts
+
+    mix = Mixture.from_yaml(args.mixture)
+    if args.seed is not None:
+        mix.seed = args.seed
+    if args.data_root is not None:
+        mix.data_root = str(Path(args.data_root).resolve())
+    counts = export_prompts(
+        mix,
+        args.out,
+        free_text_only=args.free_text_only,
+        max_examples=args.max_examples,
+        allow_heldout=args.allow_heldout,
+        skip_bad=args.skip_bad,
+        progress=not args.no_progress,
+    )
+    print(
+        f"cappy data prompts: {counts['prompts']} prompts from {counts['units']} templates "
+        f"({counts['duplicates']} duplicates dropped) -> {args.out}",
         file=sys.stderr,
     )
     return 0

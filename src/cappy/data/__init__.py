@@ -7,7 +7,15 @@ Example:
 """
 
 from cappy.data.bigbench import BigBenchExample, BigBenchTask, load_bigbench_task
-from cappy.data.pairs import DEFAULT_HELDOUT, DatasetSpec, HeldOutError, Mixture, build_pairs, iter_pairs
+from cappy.data.pairs import (
+    DEFAULT_HELDOUT,
+    DatasetSpec,
+    HeldOutError,
+    Mixture,
+    build_pairs,
+    export_prompts,
+    iter_pairs,
+)
 from cappy.data.readers import ReaderError, iter_examples, read_examples
 from cappy.data.templates import Prompt, Template, TemplateError, load_templates, select_templates, template_key
 
@@ -23,6 +31,7 @@ __all__ = [
     "Template",
     "TemplateError",
     "build_pairs",
+    "export_prompts",
     "iter_examples",
     "iter_pairs",
     "load_bigbench_task",

@@ -31,7 +31,7 @@ import yaml
 
 from cappy.data.readers import HUB_PREFIX, iter_examples
 from cappy.data.templates import Prompt, Template, TemplateError, load_templates, select_templates, template_key
-from cappy.io import atomic_write, iter_jsonl
+from cappy.io import atomic_write, dumps, iter_jsonl
 from cappy.metrics import rouge_l
 
 logger = logging.getLogger(__name__)
@@ -316,15 +316,16 @@ class _Counters:
         self.nested["task_sources"][task][source] += 1
 
     def to_dict(self) -> dict[str, Any]:
+        """Every count, keys sorted, so a resumed build reports them in the same order as an uninterrupted one."""
         out: dict[str, Any] = {
-            "tasks": dict(self.tasks),
-            "sources": dict(self.sources),
+            "tasks": dict(sorted(self.tasks.items())),
+            "sources": dict(sorted(self.sources.items())),
             "label_histogram": dict(sorted(self.hist.items())),
         }
         for k, v in self.nested.items():
-            out[k] = {a: dict(b) for a, b in v.items()}
+            out[k] = {a: dict(sorted(b.items())) for a, b in sorted(v.items())}
         for k, v in self.flat.items():
-            out[k] = dict(v)
+            out[k] = dict(sorted(v.items()))
         return out
 
 
@@ -539,13 +540,15 @@ class PairBuilder:
             state.db.commit()
         return self._write_manifest(state, fp, shards, counters)
 
-    def _run_unit(self, unit: _Unit, state: _State, counters: _Counters, shards: list[dict[str, Any]]) -> None:
+    def unit_prompts(self, unit: _Unit, counters: _Counters | None = None) -> Iterator[Prompt]:
+        """Render one (dataset, template) unit, example by example; empty renderings and errors are counted.
+
+        The ``choice`` filter draws from an rng seeded by (seed, task, template id, example index), so the same
+        mixture always renders the same instructions, here and in ``cappy data prompts``.
+        """
+        counters = counters if counters is not None else _Counters()
         spec, tpl = unit.spec, unit.template
-        task, tname = spec.name, tpl.name
-        seed = self.mix.seed
-        unit_rng = random.Random(f"{seed}:{task}:{tpl.id}:unit")
-        pool = _Reservoir(self.mix.pool_size, unit_rng)
-        k = self.mix.mismatched if spec.mismatched is None else spec.mismatched
+        task, tname, seed = spec.name, tpl.name, self.mix.seed
         read_stats = {"bad_lines": 0}
         examples = iter_examples(
             unit.source, split=spec.split, config=spec.config, skip_bad_lines=self.opt.skip_bad, stats=read_stats
@@ -553,27 +556,36 @@ class PairBuilder:
         if spec.max_examples is not None:
             examples = islice(examples, spec.max_examples)
         n_examples = 0
-        for block in _blocks(examples, self.mix.block_size):
-            prompts: list[tuple[str, Prompt]] = []
-            for where, ex in block:
-                idx = n_examples
-                n_examples += 1
-                try:
-                    p = tpl.apply(ex, random.Random(f"{seed}:{task}:{tpl.id}:{idx}"))
-                except TemplateError as err:
-                    if not self.opt.skip_bad:
-                        raise BuildError(f"{where}: {err}") from None
-                    counters.nested["render_errors"][task][tname] += 1
-                    continue
-                if p is None:
-                    counters.nested["skipped_empty"][task][tname] += 1
-                    continue
-                counters.nested["prompts"][task][tname] += 1
-                prompts.append((where, p))
+        for where, ex in examples:
+            idx = n_examples
+            n_examples += 1
+            try:
+                p = tpl.apply(ex, random.Random(f"{seed}:{task}:{tpl.id}:{idx}"))
+            except TemplateError as err:
+                if not self.opt.skip_bad:
+                    raise BuildError(f"{where}: {err}") from None
+                counters.nested["render_errors"][task][tname] += 1
+                continue
+            if p is None:
+                counters.nested["skipped_empty"][task][tname] += 1
+                continue
+            counters.nested["prompts"][task][tname] += 1
+            yield p
+        counters.flat["examples"][task] = max(counters.flat["examples"][task], n_examples)
+        if read_stats["bad_lines"]:
+            counters.flat["bad_lines"][task] = max(counters.flat["bad_lines"][task], read_stats["bad_lines"])
+
+    def _run_unit(self, unit: _Unit, state: _State, counters: _Counters, shards: list[dict[str, Any]]) -> None:
+        spec, tpl = unit.spec, unit.template
+        task, tname = spec.name, tpl.name
+        pool = _Reservoir(self.mix.pool_size, random.Random(f"{self.mix.seed}:{task}:{tpl.id}:unit"))
+        k = self.mix.mismatched if spec.mismatched is None else spec.mismatched
+        for block in _blocks(self.unit_prompts(unit, counters), self.mix.block_size):
+            for p in block:
                 pool.add(p.target)
-            llm = self._candidates(state, [p.instruction for _, p in prompts])
+            llm = self._candidates(state, [p.instruction for p in block])
             rows: list[tuple[str, str, float, str]] = []
-            for _, p in prompts:
+            for p in block:
                 refs = p.references
                 rows.append((p.instruction, p.target, 1.0, "gold"))
                 taken = {p.target, *refs}
@@ -590,9 +602,6 @@ class PairBuilder:
                     counters.nested["mismatched_shortfall"][task][tname] += k - len(picked)
                 rows.extend((p.instruction, r, 0.0, "mismatched") for r in picked)
             self._emit(rows, task, tname, state, counters, shards)
-        counters.flat["examples"][task] = max(counters.flat["examples"][task], n_examples)
-        if read_stats["bad_lines"]:
-            counters.flat["bad_lines"][task] = max(counters.flat["bad_lines"][task], read_stats["bad_lines"])
 
     def _candidates(self, state: _State, instructions: list[str]) -> dict[str, list[str]]:
         if not self.mix.generations or not instructions:
@@ -733,6 +742,46 @@ class PairBuilder:
         with atomic_write(self.out / "manifest.json") as f:
             f.write(json.dumps(manifest, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
         return manifest
+
+
+def export_prompts(
+    mixture: Mixture | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    free_text_only: bool = False,
+    max_examples: int | None = None,
+    **options: Any,
+) -> dict[str, int]:
+    """Write the mixture's distinct rendered instructions as JSONL for ``cappy generate``; returns counts.
+
+    Each row: ``{"prompt", "references", "task", "template"}``. The instructions are exactly those that
+    ``build_pairs`` renders for the same mixture and seed, so the generation cache matches them by text.
+    ``free_text_only`` keeps templates without answer choices; ``max_examples`` caps every dataset.
+    Example: ``export_prompts("configs/mixtures/offline.yaml", "runs/prompts.jsonl", free_text_only=True)``
+    """
+    from tqdm.auto import tqdm
+
+    mix = mixture if isinstance(mixture, Mixture) else Mixture.from_yaml(mixture)
+    if max_examples is not None:
+        for spec in mix.datasets:
+            spec.max_examples = max_examples if spec.max_examples is None else min(spec.max_examples, max_examples)
+    opts = BuildOptions(**options)
+    builder = PairBuilder(mix, Path(out).parent, opts)
+    units = [u for u in builder.plan() if not (free_text_only and u.template.answer_choices is not None)]
+    seen: set[int] = set()
+    counts = {"prompts": 0, "duplicates": 0, "units": len(units)}
+    with atomic_write(out) as f:
+        for unit in tqdm(units, desc="prompts", unit="template", disable=not opts.progress):
+            for p in builder.unit_prompts(unit):
+                key = _prompt_key(p.instruction)
+                if key in seen:
+                    counts["duplicates"] += 1
+                    continue
+                seen.add(key)
+                row = {"prompt": p.instruction, "references": p.references}
+                f.write(dumps({**row, "task": unit.spec.name, "template": unit.template.name}) + "\n")
+                counts["prompts"] += 1
+    return counts
 
 
 def _blocks(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
