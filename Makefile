@@ -33,3 +33,6 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
+
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/serve_load.py

