@@ -16,6 +16,7 @@ import pytest
 
 from cappy.data.pairs import (
     BuildError,
+    BuildOptions,
     HeldOutError,
     Mixture,
     MixtureError,
@@ -186,6 +187,10 @@ def test_deterministic_and_bounded_shards(tmp_path):
     assert build_pairs(mix, tmp_path / "a", progress=False)["fingerprint"] == a["fingerprint"]
     with pytest.raises(BuildError, match="different build"):
         PairBuilder(other, tmp_path / "a").build()
+    other.shard_rows = 1000
+    d = PairBuilder(other, tmp_path / "a", BuildOptions(overwrite=True, progress=False)).build()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["manifest.json", "shard-00000.parquet"]
+    assert d["rows"] == a["rows"] and d["seed"] == 4
 
 
 def test_bad_input_is_named_or_counted(tmp_path):

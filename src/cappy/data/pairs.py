@@ -441,6 +441,8 @@ class PairBuilder:
             old = json.loads(manifest_path.read_text(encoding="utf-8"))
             if old.get("fingerprint") == fp and self._shards_intact(old):
                 logger.info("%s: already built", self.out)
+                if not self.opt.keep_state:
+                    shutil.rmtree(self.out / ".build", ignore_errors=True)
                 return old
             raise BuildError(
                 f"{self.out} already holds a different build (or damaged shards); use another --out or --overwrite"
@@ -462,6 +464,10 @@ class PairBuilder:
             manifest = self._run(state, fp)
         finally:
             state.close()
+        listed = {s["path"] for s in manifest["shards"]}
+        for stray in self.out.glob("shard-*.parquet"):
+            if stray.name not in listed:  # left by an older, longer build in this folder
+                stray.unlink()
         if not self.opt.keep_state:
             shutil.rmtree(self.out / ".build", ignore_errors=True)
         return manifest
