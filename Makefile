@@ -36,3 +36,6 @@ clean:
 
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve_load.py
+
+data-offline: $(STAMP)
+	$(BIN)/python -m cappy data build configs/mixtures/offline.yaml --out runs/data/offline
