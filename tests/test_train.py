@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_train_data import make_rows, write_jsonl, write_shards
 
 from cappy import Cappy
 from cappy.cli.train import parse_overrides
 from cappy.train import TrainConfig, Trainer, TrainingError, lr_factor, pairwise_accuracy, resolve_base_model, train
 from cappy.train.loop import _rank_term
+from test_train_data import make_rows, write_jsonl, write_shards
 
 
 @pytest.fixture(autouse=True)
@@ -81,11 +81,15 @@ def test_config_yaml_overrides_and_errors(tmp_path):
 def test_shipped_configs_load(tmp_path):
     from conftest import REPO
 
-    adapt = TrainConfig.from_yaml(REPO / "configs" / "adapt_paper.yaml", {"model": "m", "train": "t", "output_dir": "o"})
+    adapt = TrainConfig.from_yaml(
+        REPO / "configs" / "adapt_paper.yaml", {"model": "m", "train": "t", "output_dir": "o"}
+    )
     assert (adapt.lr, adapt.weight_decay, adapt.warmup_ratio) == (2e-5, 0.0, 0.1)
     assert (adapt.batch_size, adapt.num_pairs, adapt.max_length) == (128, 102400, 512)
     mini = TrainConfig.from_yaml(REPO / "configs" / "pretrain_mini.yaml", {"train": "t", "output_dir": "o"})
-    assert (resolve_base_model(mini.model) and __import__("pathlib").Path(resolve_base_model(mini.model)) / "config.json").exists()
+    assert (
+        resolve_base_model(mini.model) and __import__("pathlib").Path(resolve_base_model(mini.model)) / "config.json"
+    ).exists()
 
 
 def test_lr_schedule_counts_optimizer_updates_not_micro_steps(tmp_path, tiny_model_dir):
