@@ -421,7 +421,7 @@ class TinyGenerator:
         for p in prompts:
             words = p.split()
             texts = [" ".join(words[i:]) for i in range(len(words))] + ["four", "yes", "no"]
-            out.append([Cand(t, "sample", i, -0.5 * i) for i, t in enumerate(texts[: k + 1])])
+            out.append([Cand(t, "sample", i, float("nan") if i == 2 else -0.5 * i) for i, t in enumerate(texts[: k + 1])])
         return out
 
 
@@ -438,7 +438,7 @@ def test_best_of_n_scores_every_candidate_and_picks_the_best(scorer):
         assert len(texts) == 5  # the generator's extra candidate is cut to n
         assert [x["index"] for x in body["candidates"]] == list(range(5))
         assert [x["decoding"] for x in body["candidates"]] == ["sample"] * 5
-        assert [x["logprob_sum"] for x in body["candidates"]] == [-0.0, -0.5, -1.0, -1.5, -2.0]
+        assert [x.get("logprob_sum") for x in body["candidates"]] == [-0.0, -0.5, None, -1.5, -2.0]  # NaN dropped
         offline = scorer.score([prompt] * 5, texts)
         np.testing.assert_allclose([x["score"] for x in body["candidates"]], offline, atol=1e-4)
         assert body["chosen"] == body["candidates"][int(np.argmax(offline))]

@@ -13,6 +13,7 @@ import contextlib
 import hmac
 import inspect
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -324,6 +325,8 @@ def _candidate_fields(cand: Any) -> dict[str, Any]:
     out = {"text": text}
     for key in _CANDIDATE_FIELDS:
         value = get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None  # JSON has no NaN/inf (e.g. the log-probability of an empty candidate)
         if value is not None:
             out[key] = value if isinstance(value, str | int | float | bool) else str(value)
     return out
