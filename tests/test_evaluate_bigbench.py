@@ -1,0 +1,169 @@
+"""BIG-Bench boosting evaluation on real task files, with candidates in a real generation-cache file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cappy.cli import main
+from cappy.evaluate.bigbench import BBConfig, default_tasks, evaluate_bigbench, task_prompts
+from cappy.generate.base import prompt_id_of
+from cappy.generate.cache import read_generations
+from cappy.metrics import rouge_l
+from conftest import SHARED_DATA
+
+BB = SHARED_DATA / "bigbench"
+TASKS = [BB / "repeat_copy_logic", BB / "physics_questions"]
+
+
+def write_cache(path, examples, recipe="quick", model="fake-llm", seed=0):
+    """Candidates per prompt: a wrong greedy answer, the gold answer as the 2nd sample, and noise."""
+    seen = set()
+    with open(path, "a") as f:
+        for ex in examples:
+            if ex.input in seen:  # one input can come with several reference sets
+                continue
+            seen.add(ex.input)
+            texts = [
+                ("greedy", 0, "I do not know", -9.0),
+                ("temp0.9", 0, "banana " * 3, -2.0),
+                ("temp0.9", 1, ex.references[0], -5.0),
+                ("temp0.9", 2, ex.input[:20], -1.0),
+            ]
+            for dec, i, text, lp in texts:
+                f.write(
+                    json.dumps(
+                        {
+                            "prompt_id": prompt_id_of(ex.input),
+                            "prompt": ex.input,
+                            "text": text,
+                            "decoding": dec,
+                            "sample_index": i,
+                            "logprob_sum": lp,
+                            "logprob_mean": lp / 3,
+                            "num_tokens": 3,
+                            "model": model,
+                            "recipe": recipe,
+                            "seed": seed,
+                        }
+                    )
+                    + "\n"
+                )
+
+
+def test_default_suite_lists_real_tasks():
+    tasks = default_tasks(BB)
+    names = {t.name for t in tasks}
+    assert {"repeat_copy_logic", "modified_arithmetic", "word_unscrambling"} <= names
+    assert "simple_arithmetic_json_subtasks" not in names
+
+
+def test_task_prompts_official_split_and_caps():
+    name, train, val = task_prompts(BB / "repeat_copy_logic", BBConfig(max_examples=5, max_train=3))
+    assert name == "repeat_copy_logic" and len(val) == 5 and len(train) == 3
+    assert not {ex.input for ex in train} & {ex.input for ex in val}
+    _, _, val_all = task_prompts(BB / "repeat_copy_logic", BBConfig(max_examples=None, max_train=None))
+    assert len(val_all) == 16  # 32 examples: max(int(0.2 * 32), 16)
+
+
+def test_evaluate_bigbench_strategies(tiny_scorer, tmp_path):
+    cfg = BBConfig(max_examples=6, max_train=4)
+    cache = tmp_path / "gens.jsonl"
+    for t in TASKS:
+        write_cache(cache, task_prompts(t, cfg)[2])
+
+    def get(task, prompts):
+        return read_generations(cache)
+
+    res = evaluate_bigbench(TASKS, cfg, get, {"cappy": tiny_scorer}, show_progress=False)
+    assert res["metric"] == "rouge_l"
+    m = res["methods"]
+    assert {
+        "first:greedy",
+        "first:temp0.9",
+        "self_score_sum",
+        "self_score_mean",
+        "random",
+        "oracle:rouge_l",
+        "cappy",
+    } <= set(m)
+    assert m["oracle:rouge_l"]["mean"] == pytest.approx(1.0)  # the gold answer is among the candidates
+    for t in ("repeat_copy_logic", "physics_questions"):
+        val = task_prompts(BB / t, cfg)[2]
+        greedy = np.mean([rouge_l("I do not know", ex.references) for ex in val])
+        assert m["first:greedy"]["per_task"][t] == pytest.approx(greedy)
+        # self_score_sum picks the highest summed log-prob (-1.0): the prompt's first 20 characters
+        ss = np.mean([rouge_l(ex.input[:20], ex.references) for ex in val])
+        assert m["self_score_sum"]["per_task"][t] == pytest.approx(ss)
+        cands = read_generations(cache)
+        cap = np.mean(
+            [
+                rouge_l(
+                    cands[ex.input][
+                        int(np.argmax(tiny_scorer.score(ex.input, [c.text for c in cands[ex.input]])))
+                    ].text,
+                    ex.references,
+                )
+                for ex in val
+            ]
+        )
+        assert m["cappy"]["per_task"][t] == pytest.approx(cap)
+    assert m["first:greedy"]["mean"] == pytest.approx(np.mean(list(m["first:greedy"]["per_task"].values())))
+
+
+def test_missing_candidates_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no candidates"):
+        evaluate_bigbench(TASKS[:1], BBConfig(max_examples=3), lambda t, p: {}, show_progress=False)
+
+
+def test_cli_bigbench_from_cache(tiny_model_dir, tmp_path):
+    cfg = BBConfig(max_examples=4, max_train=4)
+    cache = tmp_path / "gens.jsonl"
+    for t in TASKS:
+        write_cache(cache, task_prompts(t, cfg)[2])
+    out = tmp_path / "bb"
+    args = [
+        "eval",
+        "bigbench",
+        *sum((["--task", str(t)] for t in TASKS), []),
+        "--max-examples",
+        "4",
+        "--gens",
+        str(cache),
+        "--recipe",
+        "quick",
+        "--model",
+        str(tiny_model_dir("bert")),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["models"]["llm"] == "fake-llm" and res["recipe"]["name"] == "quick"
+    assert set(res["methods"]["cappy"]["per_task"]) == {"repeat_copy_logic", "physics_questions"}
+    assert "| **Mean** |" in (out / "report.md").read_text()
+    # no backend and a prompt missing from the cache: a clear error, not a silent skip
+    args2 = [
+        "eval",
+        "bigbench",
+        "--task",
+        str(TASKS[0]),
+        "--max-examples",
+        "5",
+        "--gens",
+        str(cache),
+        "--recipe",
+        "quick",
+        "--model",
+        str(tiny_model_dir("bert")),
+        "--out",
+        str(tmp_path / "bb2"),
+        "--no-progress",
+    ]
+    rc = main(args2)
+    assert rc == 2
