@@ -1,0 +1,144 @@
+"""Best-of-N selection: every strategy on one candidate set, with the tiny scorer and a tiny random LM."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cappy.boost import best_of_n, boost_candidates, check_strategy, select, summarize
+from cappy.generate import Candidate, Decoding, Recipe
+from cappy.generate.cache import generate_to_cache
+from cappy.metrics import rouge_l
+
+RECIPE = Recipe("b", (Decoding("greedy"), Decoding("sample", n=3), Decoding("sample", top_k=5, n=2)), 1, 5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from cappy.generate.hf import HFGenerator
+    from test_generate import build_tiny_lm
+
+    model, tok = build_tiny_lm("causal")
+    return HFGenerator(model, tok, device="cpu", model_id="tiny-causal")
+
+
+def _cands():
+    return [
+        Candidate("the cat sat", "beam4", 0, -3.0, -1.0, 3),
+        Candidate("a dog", "sample", 0, -1.0, -0.5, 2),
+        Candidate("the cat sat on the mat", "sample", 1, -4.5, -0.75, 6),
+        Candidate("cat", "topk40", 0, -0.9, -0.9, 1),
+        Candidate("mat", "sample", 2, -2.0, -2.0, 1),
+    ]
+
+
+def test_each_strategy_picks_what_it_promises():
+    cands = _cands()
+    assert select("cappy", cands, scores=[0.1, 0.7, 0.2, 0.7, 0.0]) == 1  # a tie goes to the first
+    assert select("first:sample", cands) == 1
+    assert select("first:topk40", cands) == 3
+    assert select("self_score_sum", cands) == 3
+    assert select("self_score_mean", cands) == 1
+    assert select("oracle:rouge_l", cands, references=["the cat sat on the mat"]) == 2
+    assert select("oracle:rouge_l", cands, references=["a dog ran", "cat"]) == 3  # max over references
+    picks = {select("random", cands, seed=s, prompt="p") for s in range(40)}
+    assert picks == set(range(5))  # seeded, and it reaches every candidate
+    assert select("random", cands, seed=7, prompt="p") == select("random", cands, seed=7, prompt="p")
+
+
+def test_strategy_errors_are_clear():
+    cands = _cands()
+    with pytest.raises(ValueError, match="unknown strategy 'best'"):
+        check_strategy("best")
+    with pytest.raises(ValueError, match="unknown metric 'bleu'"):
+        check_strategy("oracle:bleu")
+    with pytest.raises(ValueError, match="no candidate from decoding 'greedy'; decodings here: \\['beam4'"):
+        select("first:greedy", cands)
+    with pytest.raises(ValueError, match="needs references"):
+        select("oracle:rouge_l", cands)
+    no_lp = [Candidate("x", "sample", 0, None, None, 1)]
+    with pytest.raises(ValueError, match="needs log-probabilities"):
+        select("self_score_mean", no_lp)
+    with pytest.raises(ValueError, match="has no candidates"):
+        boost_candidates(["p"], [[]], None, ["random"])
+    with pytest.raises(ValueError, match="needs a scorer"):
+        boost_candidates(["p"], [cands], None, ["cappy"])
+
+
+def test_best_of_n_scores_with_cappy_and_compares_fairly(tiny_lm, tiny_scorer):
+    prompts = ["What is two plus two?", "Is the sky blue? Yes or no.", "Name a prime number."]
+    refs = [["four"], ["yes"], ["seven", "two"]]
+    strategies = ["cappy", "first:greedy", "self_score_sum", "self_score_mean", "random", "oracle:rouge_l"]
+    res = best_of_n(prompts, tiny_lm, tiny_scorer, RECIPE, strategies=strategies, references=refs, seed=1)
+    assert len(res) == 3
+    for prompt, ref, r in zip(prompts, refs, res):
+        assert len(r.candidates) == RECIPE.num_candidates
+        direct = tiny_scorer.score(prompt, [c.text for c in r.candidates])
+        np.testing.assert_allclose(r.scores, direct, rtol=1e-5, atol=1e-6)
+        assert r.chosen["cappy"] == int(np.argmax(direct))
+        assert r.best is r.candidates[r.chosen["cappy"]]
+        assert r.chosen["first:greedy"] == 0
+        metric = {s: rouge_l(r.candidates[i].text, ref) for s, i in r.chosen.items()}
+        assert r.metric == pytest.approx(metric)
+        assert all(metric["oracle:rouge_l"] >= v for v in metric.values())
+    # Same candidates (same seed) whatever the strategies asked: selection never changes the candidate set.
+    again = best_of_n(prompts, tiny_lm, tiny_scorer, RECIPE, strategies=["random"], seed=1)
+    assert [[c.text for c in r.candidates] for r in again] == [[c.text for c in r.candidates] for r in res]
+    # With a reference equal to one candidate's text, the oracle reaches Rouge-L 1 and `random` mostly does not.
+    exact = [[r.candidates[3].text] for r in res]
+    cands = [r.candidates for r in res]
+    oracle = boost_candidates(prompts, cands, None, ["oracle:rouge_l", "first:greedy"], exact)
+    assert [o.metric["oracle:rouge_l"] for o in oracle] == [1.0, 1.0, 1.0]
+    summary = summarize(res)
+    assert summary["oracle:rouge_l"] == pytest.approx(100 * np.mean([r.metric["oracle:rouge_l"] for r in res]))
+
+
+def test_cli_boost_from_a_generation_cache(tiny_lm, tiny_model_dir, tmp_path):
+    from cappy.cli import main
+
+    prompts = ["What is two plus two?", "Name a colour."]
+    gens = tmp_path / "gens.jsonl"
+    generate_to_cache(tiny_lm, [(p, None) for p in prompts], RECIPE, gens, seed=0, show_progress=False)
+    cached_texts = [json.loads(x)["text"] for x in gens.read_text().splitlines()]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(
+        json.dumps({"prompt": prompts[0], "id": "a", "references": ["four"]})
+        + "\n"
+        + json.dumps({"prompt": prompts[1], "references": "red"})
+        + "\n"
+    )
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    base = ["boost", "--input", str(inp), "--gens", str(gens), "--model", str(tiny_model_dir("bert"))]
+    base += ["--scorer-device", "cpu", "--no-progress"]
+    argv = [*base, "--output", str(out), "--summary", str(summary)]
+    argv += ["--strategy", "cappy", "--strategy", "first:sample"]
+    argv += ["--strategy", "oracle:rouge_l"]
+    assert main(argv) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["prompt_id"] for r in rows][0] == "a" and len(rows) == 2
+    assert [c["text"] for r in rows for c in r["candidates"]] == cached_texts
+    for r in rows:
+        scores = [c["score"] for c in r["candidates"]]
+        assert r["chosen"]["cappy"]["index"] == int(np.argmax(scores))
+        assert r["chosen"]["first:sample"]["decoding"] == "sample"
+        assert r["metric"]["oracle:rouge_l"] >= r["metric"]["cappy"]
+    report = json.loads(summary.read_text())
+    assert report["prompts"] == 2 and set(report["rouge_l_x100"]) == {"cappy", "first:sample", "oracle:rouge_l"}
+
+    # Errors: a prompt with no cached candidates, and a decoding the candidates do not have.
+    inp.write_text(json.dumps({"prompt": "never generated"}) + "\n")
+    assert main([*base, "--output", str(tmp_path / "x.jsonl")]) == 2
+    inp.write_text(json.dumps({"prompt": prompts[0]}) + "\n")
+    assert main([*base, "--output", str(tmp_path / "x.jsonl"), "--strategy", "first:beam4"]) == 2
+    assert not (tmp_path / "x.jsonl").exists()

@@ -1,0 +1,269 @@
+"""The OpenAI-compatible backend against HTTP servers on 127.0.0.1: a scripted one for retries, fallbacks and
+errors, and a real ``python -m llama_cpp.server`` serving the Gemma GGUF."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from cappy.generate import Decoding, GenerationError, Recipe
+from cappy.generate.openai import OpenAIGenerator
+
+RECIPE = Recipe("t", (Decoding("beam", num_beams=4), Decoding("sample", temperature=0.9, n=3)), 1, 8)
+
+
+class Scripted:
+    """A local server: answers from ``script`` (status codes, consumed in order; 200 afterwards) and records bodies.
+
+    A 200 answer has ``min(n, max_choices)`` choices whose text names the request's seed and choice index.
+    """
+
+    def __init__(self, script=(), max_choices=99, delay=0.0, chat=False):
+        self.script = list(script)
+        self.max_choices = max_choices
+        self.delay = delay
+        self.bodies: list[dict] = []
+        self.paths: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.bodies.append(body)
+                outer.paths.append(self.path)
+                status = outer.script.pop(0) if outer.script else 200
+                if outer.delay:
+                    time.sleep(outer.delay)
+                if status != 200:
+                    payload = json.dumps({"error": {"message": f"scripted {status}"}}).encode()
+                    self.send_response(status)
+                    if status == 429:
+                        self.send_header("Retry-After", "0")
+                else:
+                    n = min(body.get("n", 1), outer.max_choices)
+                    choices = []
+                    for i in range(n):
+                        text = f" s{body['seed']}-c{i}"
+                        if "messages" in body:
+                            lp = {"content": [{"token": "x", "logprob": -0.5}, {"token": "y", "logprob": -1.5}]}
+                            choices.append(
+                                {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": lp}
+                            )
+                        else:
+                            lp = {"tokens": ["x", "y"], "token_logprobs": [-0.5, -1.5]}
+                            choices.append({"index": i, "text": text, "logprobs": lp})
+                    payload = json.dumps({"choices": choices, "usage": {"completion_tokens": 2 * n}}).encode()
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                try:
+                    self.wfile.write(payload)
+                except BrokenPipeError:  # the client timed out and left, as the timeout test intends
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted():
+    servers = []
+
+    def make(**kw):
+        s = Scripted(**kw)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def _gen(url, **kw):
+    kw.setdefault("backoff", 0.01)
+    kw.setdefault("timeout", 5)
+    return OpenAIGenerator(url, "m", **kw)
+
+
+def test_completions_request_and_parsing(scripted):
+    srv = scripted()
+    gen = _gen(srv.url)
+    cands = gen.generate(["Q: 2+2?\nA:"], RECIPE, seed=1)[0]
+    assert [(c.decoding, c.sample_index) for c in cands] == [
+        ("greedy", 0),
+        ("temp0.9", 0),
+        ("temp0.9", 1),
+        ("temp0.9", 2),
+    ]
+    assert all(c.logprob_sum == -2.0 and c.logprob_mean == -1.0 and c.num_tokens == 2 for c in cands)
+    assert len(srv.bodies) == 2 and gen.n_supported is True
+    greedy, sample = sorted(srv.bodies, key=lambda b: b["n"])
+    assert srv.paths[0] == "/v1/completions"
+    assert (greedy["temperature"], greedy["n"], greedy["top_k"], greedy["max_tokens"]) == (0.0, 1, -1, 8)
+    assert (sample["temperature"], sample["n"], sample["prompt"], sample["logprobs"]) == (0.9, 3, "Q: 2+2?\nA:", 1)
+    assert sample["min_tokens"] == 1 and sample["truncate_prompt_tokens"] == 512
+    assert cands[1].text == f"s{sample['seed']}-c0"
+    gen.close()
+
+
+def test_chat_endpoint_and_strict_openai_fields(scripted):
+    srv = scripted()
+    gen = _gen(srv.url, endpoint="chat", server_extensions=False)
+    cands = gen.generate(["hello"], RECIPE)[0]
+    assert len(cands) == 4 and cands[0].logprob_sum == -2.0
+    assert set(srv.paths) == {"/v1/chat/completions"}
+    assert all(b["messages"] == [{"role": "user", "content": "hello"}] for b in srv.bodies)
+    assert not any("top_k" in b or "min_tokens" in b for b in srv.bodies)
+    gen.close()
+
+
+def test_fewer_choices_fall_back_to_parallel_requests_with_distinct_seeds(scripted):
+    srv = scripted(max_choices=1)  # like servers that ignore n
+    gen = _gen(srv.url)
+    cands = gen.generate(["p"], RECIPE)[0]
+    assert len(cands) == 4 and gen.n_supported is False
+    sample_seeds = [b["seed"] for b in srv.bodies if b["temperature"] == 0.9]
+    assert len(sample_seeds) == 3  # one n=3 request answered with 1 choice, then 2 more with n=1
+    assert len(set(sample_seeds)) == 3
+    assert len({c.text for c in cands[1:]}) == 3
+    # The next prompt goes straight to one request per sample.
+    srv.bodies.clear()
+    assert len(gen.generate(["q"], RECIPE)[0]) == 4
+    assert sorted(b["n"] for b in srv.bodies) == [1, 1, 1, 1]
+    gen.close()
+
+
+def test_retries_429_and_5xx_then_succeeds(scripted):
+    srv = scripted(script=[429, 503, 500])
+    gen = _gen(srv.url, max_retries=3)
+    one = Recipe("g", (Decoding("greedy"),), 1, 4)
+    assert gen.generate(["p"], one)[0][0].text.startswith("s")
+    assert len(srv.bodies) == 4 and gen.requests_sent == 4
+    gen.close()
+
+
+def test_gives_up_after_bounded_retries(scripted):
+    srv = scripted(script=[500] * 10)
+    gen = _gen(srv.url, max_retries=2)
+    with pytest.raises(GenerationError, match=r"HTTP 500 after 3 attempt\(s\): .*scripted 500"):
+        gen.generate(["p"], Recipe("g", (Decoding("greedy"),), 1, 4))
+    assert len(srv.bodies) == 3
+    gen.close()
+
+
+def test_client_errors_are_not_retried(scripted):
+    srv = scripted(script=[400])
+    gen = _gen(srv.url, max_retries=3)
+    with pytest.raises(GenerationError, match="HTTP 400 after 1 attempt"):
+        gen.generate(["p"], Recipe("g", (Decoding("greedy"),), 1, 4))
+    assert len(srv.bodies) == 1
+    gen.close()
+
+
+def test_timeout_is_retried_then_reported(scripted):
+    srv = scripted(delay=1.0)
+    gen = _gen(srv.url, timeout=0.2, max_retries=1)
+    t0 = time.monotonic()
+    with pytest.raises(GenerationError, match="cannot reach .* after 2 attempt"):
+        gen.generate(["p"], Recipe("g", (Decoding("greedy"),), 1, 4))
+    assert time.monotonic() - t0 < 3
+    gen.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_is_a_clear_error():
+    gen = _gen(f"http://127.0.0.1:{_free_port()}/v1", max_retries=1)
+    t0 = time.monotonic()
+    with pytest.raises(
+        GenerationError, match=r"cannot reach http://127.0.0.1:\d+/v1/completions .*is the server running"
+    ):
+        gen.generate(["p"], Recipe("g", (Decoding("greedy"),), 1, 4))
+    assert time.monotonic() - t0 < 3
+    gen.close()
+
+
+def test_bad_configuration():
+    with pytest.raises(ValueError, match="endpoint"):
+        OpenAIGenerator("http://127.0.0.1:1/v1", "m", endpoint="embeddings")
+    with pytest.raises(ValueError, match="http://"):
+        OpenAIGenerator("127.0.0.1:1/v1", "m")
+
+
+# ---------------------------------------------------------------------- a real llama.cpp server
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
+    from cappy.generate.llamacpp import gemma_gguf_path
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gemma_gguf_path()), "--host", "127.0.0.1"]
+    cmd += [
+        "--port",
+        str(port),
+        "--n_ctx",
+        "512",
+        "--n_threads",
+        "2",
+        "--logits_all",
+        "true",
+        "--model_alias",
+        "gemma",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"llama_cpp.server did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+    yield f"{url}/v1"
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_real_llama_cpp_server(llama_server, endpoint):
+    gen = OpenAIGenerator(llama_server, "gemma", endpoint=endpoint, timeout=120, max_retries=0)
+    recipe = Recipe("r", (Decoding("greedy"), Decoding("sample", temperature=0.9, n=2)), 1, 6)
+    cands = gen.generate(["The capital of France is"], recipe, seed=3)[0]
+    assert [(c.decoding, c.sample_index) for c in cands] == [("greedy", 0), ("temp0.9", 0), ("temp0.9", 1)]
+    for c in cands:
+        assert 1 <= c.num_tokens <= 6 and isinstance(c.text, str)
+        if endpoint == "completions":
+            assert c.logprob_sum is not None and c.logprob_sum <= 0
+    again = gen.generate(["The capital of France is"], recipe, seed=3)[0]
+    assert again[0].text == cands[0].text  # greedy is deterministic
+    gen.close()
