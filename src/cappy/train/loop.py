@@ -66,7 +66,8 @@ def _load_model(cfg: TrainConfig) -> tuple[Any, Any, int]:
 
     path = resolve_base_model(cfg.model)
     config = AutoConfig.from_pretrained(path)
-    replace_head = getattr(config, "num_labels", 1) != 1
+    is_classifier = any("ForSequenceClassification" in a for a in (config.architectures or []))
+    replace_head = is_classifier and getattr(config, "num_labels", 1) != 1
     config.num_labels = 1
     config.problem_type = "regression"
     if cfg.dropout is not None:
@@ -150,12 +151,6 @@ class Trainer:
         self.deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.fsdp = acc.distributed_type == DistributedType.FSDP
         self.out = Path(cfg.output_dir)
-        if self.deepspeed:
-            raise ValueError(
-                "DeepSpeed steps the optimizer inside backward(), which this trainer's exact accumulation does "
-                "not support yet; use DDP or FSDP (configs/accelerate/ddp.yaml, fsdp.yaml)"
-            )
-
         # Data first: bad input stops before any model is loaded.
         self.source = PairSource(cfg.train, cfg.jsonl_block_rows)
         self.plan = Plan(
@@ -188,6 +183,13 @@ class Trainer:
         total, warmup = self.total_updates, self.warmup
         # Not passed through accelerator.prepare: its wrapper would step the schedule once per process.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(u, total, warmup))
+        if self.deepspeed:  # not exercised by the test suite (no DeepSpeed here); accumulation is ours, not DS's
+            ds = acc.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = self.micro
+            ds["gradient_accumulation_steps"] = 1
+            ds["train_batch_size"] = self.micro * self.world
+            if cfg.max_grad_norm:
+                ds["gradient_clipping"] = cfg.max_grad_norm
         self.model, self.optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(self.scheduler)
         self.update = 0
@@ -350,12 +352,17 @@ class Trainer:
         return [batch.take(p) if len(p) else None for p in parts]
 
     def _step(self, batch: Pairs) -> tuple[float, float, float]:
-        """One optimizer update on ``batch``; returns (mean loss, gradient norm, learning rate used)."""
+        """One optimizer update on ``batch``; returns (mean loss, gradient norm, learning rate used).
+
+        The loss over all processes is known before the last backward, so a non-finite loss returns before
+        anything is applied (under DeepSpeed the optimizer steps inside that last backward).
+        """
         acc = self.accelerator
         cfg = self.cfg
         n = len(batch)
         micro = self._micro_batches(batch)
         loss_sum = torch.zeros((), dtype=torch.float64)
+        lr = self.scheduler.get_last_lr()[0]
         for i, mb in enumerate(micro):
             dummy = mb is None
             if dummy:  # keep forward/backward counts equal across processes; contributes zero gradient
@@ -364,26 +371,31 @@ class Trainer:
             inputs = {k: v.to(acc.device) for k, v in _collate(enc, self.tokenizer, self._pad_to).items()}
             labels = torch.from_numpy(mb.labels).to(acc.device)
             sync = i == len(micro) - 1
-            ctx = acc.no_sync(self.model) if not sync else contextlib.nullcontext()
+            if self.deepspeed:
+                acc.gradient_state._set_sync_gradients(sync)
+                ctx: Any = contextlib.nullcontext()
+            else:
+                ctx = contextlib.nullcontext() if sync else acc.no_sync(self.model)
             with ctx:
                 scores = self.model(**inputs).logits.reshape(-1).float()
                 se = (scores - labels).pow(2).sum()
                 if cfg.rank_loss_weight > 0:
                     se = se + cfg.rank_loss_weight * _rank_term(scores, labels, mb.instructions)
+                if not dummy:
+                    loss_sum += se.detach().double().cpu()
+                if sync:
+                    total = float(acc.reduce(loss_sum.to(acc.device), reduction="sum").item()) / n
+                    if not math.isfinite(total):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        return total, float("nan"), lr
                 # Sum over the whole update batch / its size; DDP averages over processes, so scale by world.
                 loss = se * (0.0 if dummy else self.world / n)
                 acc.backward(loss)
-            if not dummy:
-                loss_sum += se.detach().double().cpu()
             if cfg.trace_data and not dummy:
                 self.trace.append([self.update, *mb.row_ids.tolist()])
-        total = float(acc.reduce(loss_sum.to(acc.device), reduction="sum").item()) / n
-        lr = self.scheduler.get_last_lr()[0]
-        if not math.isfinite(total):
-            return total, float("nan"), lr
         norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or float("inf"))
         norm = float(norm) if norm is not None else float("nan")
-        if math.isfinite(norm) or acc.mixed_precision == "fp16":  # fp16's scaler skips overflowing steps
+        if math.isfinite(norm) or acc.mixed_precision == "fp16" or self.deepspeed:  # fp16 scalers skip overflows
             self.optimizer.step()
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
