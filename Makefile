@@ -39,3 +39,6 @@ bench-serve: $(STAMP)
 
 data-offline: $(STAMP)
 	$(BIN)/python -m cappy data build configs/mixtures/offline.yaml --out runs/data/offline
+
+bench-train: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py --pairs 128 --batch-size 32 --threads 1
