@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--api-key",
         default=None,
-        help="require 'Authorization: Bearer KEY' on every endpoint but /health (default: $CAPPY_API_KEY)",
+        help="require 'Authorization: Bearer KEY' on all but /health and the page / (default: $CAPPY_API_KEY)",
     )
     p.add_argument("--max-items", type=int, default=256, help="max pairs/texts/documents/candidates per request")
     p.add_argument("--max-batch-pairs", type=int, default=256, help="max pairs gathered into one scoring call")
