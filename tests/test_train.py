@@ -215,3 +215,15 @@ def test_bad_data_stops_before_the_model_is_loaded(tmp_path):
     with pytest.raises(ValueError, match=r"p\.jsonl:4: label is nan"):
         Trainer(_cfg(tmp_path / "no-such-model", data, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_bf16_autocast_on_cpu_trains_and_saves_float32(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "p.jsonl", make_rows(8))
+    fp32 = train(_cfg(tiny_model_dir("roberta"), data, tmp_path / "fp32"))
+    bf16 = train(_cfg(tiny_model_dir("roberta"), data, tmp_path / "bf16", mixed_precision="bf16"))
+    assert math.isfinite(bf16["loss"])
+    assert not math.isclose(bf16["loss"], fp32["loss"], rel_tol=1e-5), "autocast must be active"
+    weights = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in weights.values())

@@ -118,13 +118,18 @@ def _parquet_blocks(path: str, declared: int | None, start: int) -> list[Block]:
         rows = pf.metadata.row_group(rg).num_rows
         if rows == 0:
             continue
-        table = pf.read_row_group(rg, columns=list(REQUIRED))
+        meta = pf.metadata.row_group(rg)
         for c in ("instruction", "response"):
-            col = table.column(c)
+            # Null counts come from the row-group statistics when the writer stored them (pyarrow does), so the
+            # texts of 10^8 pairs are not read just to be checked; the column is read only when they are missing.
+            stats = meta.column(schema.names.index(c)).statistics
+            if stats is not None and stats.has_null_count and stats.null_count == 0:
+                continue
+            col = pf.read_row_group(rg, columns=[c]).column(c)
             if col.null_count:
                 bad = offset + int(np.flatnonzero(np.asarray(col.is_null()))[0])
                 raise ValueError(f"{path}: row {bad}: {c} is null")
-        labels = table.column("label")
+        labels = pf.read_row_group(rg, columns=["label"]).column("label")
         values = labels.to_numpy(zero_copy_only=False).astype(np.float64)
         if labels.null_count:
             bad = offset + int(np.flatnonzero(np.asarray(labels.is_null()))[0])

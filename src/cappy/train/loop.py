@@ -145,6 +145,11 @@ class Trainer:
             raise ValueError(f"config: device must be auto, cpu or cuda, got {cfg.device!r}")
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("config: device=cuda but CUDA is not available on this machine")
+        from accelerate.state import AcceleratorState
+
+        # accelerate keeps one state per process; a second run in the same process (notebooks, tests) may differ
+        # in mixed precision. The process group lives in PartialState, which is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = acc = Accelerator(mixed_precision=mp, cpu=cfg.device == "cpu")
         self.world = acc.num_processes
         self.rank = acc.process_index
@@ -296,7 +301,7 @@ class Trainer:
             unwrapped = acc.unwrap_model(self.model)
             model = unwrapped
             if self.fsdp:  # the full weights exist only in the gathered state dict
-                model = type(unwrapped).from_config(unwrapped.config)
+                model = type(unwrapped)(unwrapped.config)
                 model.load_state_dict(state)
             scorer = Cappy(model, self.tokenizer, max_length=self.max_length)
             if directory == self.out:
@@ -345,9 +350,11 @@ class Trainer:
         """This process's share of an update batch, cut into the same number of micro-batches on every process
         (None where this process has run out, so collective calls stay matched)."""
         n = len(batch)
-        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        if self.cfg.grouped:  # contiguous, so an instruction's run of pairs stays on one process
+            mine = np.arange(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+        else:  # strided over the length-sorted batch, so every process gets the same mix of lengths
+            mine = np.arange(self.rank, n, self.world)
         k = math.ceil(math.ceil(n / self.world) / self.micro)
-        mine = np.arange(lo, hi)
         parts = np.array_split(mine, k) if len(mine) else [mine] * k
         return [batch.take(p) if len(p) else None for p in parts]
 
