@@ -7,7 +7,22 @@ Example:
     0
 """
 
-from cappy.model import Cappy
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Cappy", "__version__"]
+__all__ = ["Cappy", "best_of_n", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import cappy.io` (and every CLI start) should not pay for importing torch and transformers.
+    if name == "Cappy":
+        from cappy.model import Cappy
+
+        return Cappy
+    if name == "best_of_n":
+        from cappy.boost import best_of_n
+
+        return best_of_n
+    raise AttributeError(f"module 'cappy' has no attribute {name!r}")
