@@ -43,6 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=run_prompts)
 
+    sp = dsub.add_parser("split", help="split built pairs into train.parquet and dev.jsonl by instruction")
+    sp.add_argument("source", help="a `cappy data build` folder (or one Parquet file)")
+    sp.add_argument("--out", required=True, help="output folder for train.parquet and dev.jsonl")
+    sp.add_argument("--dev-fraction", type=float, default=0.02, help="share of instructions held out for dev")
+    sp.add_argument("--max-dev-rows", type=int, default=3000)
+    sp.add_argument("--cap", action="append", default=[], help="TASK=ROWS: at most ROWS train pairs of TASK")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=run_split)
+
     t = dsub.add_parser("templates", help="list template folders, or the templates of one dataset")
     t.add_argument("dataset", nargs="?", help="dataset name or template key, e.g. super_glue/boolq")
     t.add_argument("--root", default=None, help="folder of templates.yaml files (default: PromptSource's)")
@@ -117,4 +126,20 @@ def run_templates(args: argparse.Namespace) -> int:
     for t in load_templates(key, args.root):
         kind = "choices" if t.answer_choices is not None else "free"
         print(f"{t.name}\toriginal_task={t.original_task}\t{kind}\t{t.id}")
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    import json
+
+    from cappy.data.split import SplitConfig, split_pairs
+
+    caps = {}
+    for c in args.cap:
+        name, sep, n = c.rpartition("=")
+        if not sep or not n.isdigit():
+            raise ValueError(f"--cap {c!r}: expected TASK=ROWS")
+        caps[name] = int(n)
+    summary = split_pairs(args.source, args.out, SplitConfig(args.dev_fraction, args.max_dev_rows, caps, args.seed))
+    print(json.dumps(summary, indent=2))
     return 0
