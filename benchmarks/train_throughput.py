@@ -93,9 +93,8 @@ def run(way: str, data: Path, out: Path, args: argparse.Namespace) -> float:
         warmup_ratio=0.0,
         device="cpu",
         mixed_precision="no",
-        pad_to_max_length=way == "pad512",
-        # the old way also had no length grouping: one window per batch, so batches are random
-        shuffle_window_rows=args.batch_size if way == "pad512" else args.pairs,
+        pad_to_max_length=way == "pad512",  # every batch 512 wide, so its grouping does not matter
+        shuffle_window_rows=args.pairs,
         save_every=0,
         eval_every=0,
         log_every=1,

@@ -61,7 +61,7 @@ def pairwise_accuracy(instructions: list[str], labels: np.ndarray, scores: np.nd
     return (good / count if count else float("nan")), count
 
 
-def _load_model(cfg: TrainConfig) -> tuple[Any, Any, int]:
+def _load_model(cfg: TrainConfig) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     path = resolve_base_model(cfg.model)
@@ -80,7 +80,7 @@ def _load_model(cfg: TrainConfig) -> tuple[Any, Any, int]:
     if replace_head:
         logger.warning("%s had a head with several outputs; it was replaced by a fresh one-output head", cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer, int((getattr(config, "cappy", None) or {}).get("max_length", 0))
+    return model, tokenizer
 
 
 def _collate(enc: dict[str, list[list[int]]], tokenizer: Any, pad_to: int | None) -> dict[str, torch.Tensor]:
@@ -164,7 +164,7 @@ class Trainer:
         self.dev = read_dev(cfg.dev, cfg.jsonl_block_rows) if cfg.dev else None
 
         set_seed(cfg.seed)
-        model, self.tokenizer, saved_len = _load_model(cfg)
+        model, self.tokenizer = _load_model(cfg)
         from cappy.model import Cappy
 
         # The Cappy wrapper owns the pair format (encode) and clamps max_length to the model's positions.
