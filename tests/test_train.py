@@ -227,3 +227,28 @@ def test_bf16_autocast_on_cpu_trains_and_saves_float32(tmp_path, tiny_model_dir)
     assert not math.isclose(bf16["loss"], fp32["loss"], rel_tol=1e-5), "autocast must be active"
     weights = load_file(tmp_path / "bf16" / "model.safetensors")
     assert all(v.dtype == torch.float32 for v in weights.values())
+
+
+@pytest.mark.slow
+def test_pretrain_mini_config_on_real_pairs(tmp_path):
+    """configs/pretrain_mini.yaml end to end: MiniLM-L6 + a fresh head, bf16 autocast on CPU, real SciQ pairs."""
+    from conftest import REPO, SHARED_DATA
+
+    rows = []
+    with open(SHARED_DATA / "pretrain" / "sciq_val.jsonl", encoding="utf-8") as f:
+        for line in list(f)[:48]:
+            d = json.loads(line)
+            instruction = f"Question: {d['question']}\nAnswer:"
+            rows.append({"instruction": instruction, "response": d["correct_answer"], "label": 1.0})
+            rows.append({"instruction": instruction, "response": d["distractor1"], "label": 0.0})
+    data = write_jsonl(tmp_path / "sciq.jsonl", rows[:64])
+    dev = write_jsonl(tmp_path / "dev.jsonl", rows[64:])
+    out = tmp_path / "mini"
+    overrides = {"train": str(data), "dev": str(dev), "output_dir": str(out), "batch_size": 16}
+    overrides.update(per_device_batch_size=16, progress=False, eval_every=2, save_every=2, warmup_ratio=0.25)
+    result = train(TrainConfig.from_yaml(REPO / "configs" / "pretrain_mini.yaml", overrides))
+    assert result["updates"] == 4 and math.isfinite(result["loss"])
+    scorer = Cappy.from_pretrained(out, device="cpu")
+    assert scorer.max_length == 256 and scorer.model.config.problem_type == "regression"
+    assert (out / "best" / "model.safetensors").is_file()
+    assert len([m for m in _metrics(out) if "dev_mse" in m]) == 2
