@@ -242,3 +242,28 @@ def test_contamination_guard_refuses(tiny_model_dir, tmp_path, capsys):
     assert main(args) == 2
     assert "refusing" in capsys.readouterr().err and not (tmp_path / "o" / "results.json").exists()
     assert main(args + ["--allow-contaminated"]) == 0
+
+
+@pytest.fixture(scope="module")
+def gemma_loglik():
+    pytest.importorskip("llama_cpp")
+    from cappy.evaluate.loglik import LlamaCppLogLik
+
+    return LlamaCppLogLik(n_threads=2, n_ctx=256)
+
+
+def test_llamacpp_loglik_prefix_reuse_is_exact(gemma_loglik):
+    prompt = "Question: What is the capital of France?\nAnswer:"
+    choices = ["Paris", "a large green elephant", "Berlin"]
+    together = gemma_loglik.loglik(prompt, choices)
+    alone = [gemma_loglik.loglik(prompt, [c])[0] for c in reversed(choices)][::-1]
+    for (s1, n1), (s2, n2) in zip(together, alone):
+        assert n1 == n2 and s1 == pytest.approx(s2, abs=1e-3)
+    assert together[1][1] > 1 and all(s < 0 for s, _ in together)
+    assert together[0][0] > together[2][0]  # the real model knows its capitals
+
+
+def test_llamacpp_loglik_long_prompt_is_cut_to_context(gemma_loglik):
+    long_prompt = "word " * 600 + "Question: Is fire hot? Answer:"
+    ((s, n),) = gemma_loglik.loglik(long_prompt, ["yes"])
+    assert n >= 1 and np.isfinite(s)
