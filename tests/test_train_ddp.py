@@ -44,9 +44,9 @@ def test_two_gloo_processes_match_one(tmp_path, tiny_model_dir):
         "lr": 1e-3,
         "dropout": 0.0,  # dropout masks differ between one and two processes
         "shuffle_window_rows": 32,
-        "save_every": 0,
+        "save_every": 4,  # checkpoints written by both processes mid-run
         "log_every": 1,
-        "device": "cpu",
+        "device": "auto",  # on a machine without CUDA this must still give one gloo group, not 2 lone runs
         "mixed_precision": "no",
         "progress": False,
         "trace_data": True,
@@ -104,6 +104,10 @@ def test_two_gloo_processes_match_one(tmp_path, tiny_model_dir):
     np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-5)
     start = load_file(tiny_model_dir("bert") / "model.safetensors")
     assert float((start["classifier.weight"] - w2["classifier.weight"]).abs().max()) > 1e-4, "weights must move"
+
+    state = two_dir / "training_state" / (two_dir / "training_state" / "latest").read_text().strip()
+    assert (state / "random_states_0.pkl").is_file() and (state / "random_states_1.pkl").is_file()
+    assert json.loads((state / "trainer_state.json").read_text())["world_size"] == 2
 
     # Same updates and losses; each process saw a disjoint half of every update batch.
     logs1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]

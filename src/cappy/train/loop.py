@@ -150,7 +150,16 @@ class Trainer:
         # accelerate keeps one state per process; a second run in the same process (notebooks, tests) may differ
         # in mixed precision. The process group lives in PartialState, which is kept.
         AcceleratorState._reset_state(reset_partial_state=False)
-        self.accelerator = acc = Accelerator(mixed_precision=mp, cpu=cfg.device == "cpu")
+        # accelerate without cpu=True on a machine without CUDA ignores a multi-process launch (every process would
+        # train alone on all the data), so "auto" means cpu=True there.
+        cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        self.accelerator = acc = Accelerator(mixed_precision=mp, cpu=cpu)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if acc.num_processes != launched:
+            raise ValueError(
+                f"launched as {launched} processes but accelerate runs {acc.num_processes}; check the launcher and "
+                "the device setting"
+            )
         self.world = acc.num_processes
         self.rank = acc.process_index
         self.deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
@@ -224,7 +233,7 @@ class Trainer:
         tmp = root / f".tmp-{name}"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-            root.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir(parents=True)  # before any process writes its RNG state into it
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
