@@ -432,8 +432,9 @@ class Trainer:
         acc.wait_for_everyone()
         if cfg.resume:
             self._resume()
-        elif acc.is_main_process and (self.out / "metrics.jsonl").exists():
-            (self.out / "metrics.jsonl").unlink()
+        if self.update == 0 and acc.is_main_process and (self.out / "metrics.jsonl").exists():
+            (self.out / "metrics.jsonl").unlink()  # a fresh start: nothing of an earlier log belongs to this run
+        acc.wait_for_everyone()
         if self.update == 0 and acc.is_main_process:
             with atomic_write(self.out / "train_config.json") as f:
                 f.write(json.dumps(cfg.to_dict(), indent=2) + "\n")
