@@ -421,7 +421,9 @@ class TinyGenerator:
         for p in prompts:
             words = p.split()
             texts = [" ".join(words[i:]) for i in range(len(words))] + ["four", "yes", "no"]
-            out.append([Cand(t, "sample", i, float("nan") if i == 2 else -0.5 * i) for i, t in enumerate(texts[: k + 1])])
+            out.append(
+                [Cand(t, "sample", i, float("nan") if i == 2 else -0.5 * i) for i, t in enumerate(texts[: k + 1])]
+            )
         return out
 
 
@@ -565,7 +567,9 @@ def test_cli_serve_end_to_end(tiny_model_dir, scorer):
         r = httpx.post(f"{base}/score", json=pairs_body(INSTR, RESP[:3]), headers=key)
         np.testing.assert_allclose(r.json()["scores"], scorer.score(INSTR, RESP[:3]), atol=1e-4)
         assert httpx.post(f"{base}/score", json=pairs_body(INSTR * 2, RESP), headers=key).status_code == 413
-        assert httpx.get(f"{base}/info", headers=key).json()["model"] == str(tiny_model_dir("bert"))
+        info = httpx.get(f"{base}/info", headers=key).json()
+        assert info["model"] == str(tiny_model_dir("bert"))
+        assert info["forward_batch"] == {"max_pairs": 64, "max_tokens": 2048}  # the CPU token budget
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -456,6 +456,7 @@ def create_app(
             "dtype": str(next(scorer.model.parameters()).dtype).replace("torch.", ""),
             "max_input_length": scorer.max_length,
             "max_batch": config.max_batch_pairs,
+            "forward_batch": {"max_pairs": scorer.batch_size, "max_tokens": scorer.max_tokens_per_batch},
             "generator": generator_name if generator is not None else None,
             "version": _version(),
             "limits": {k: v for k, v in asdict(config).items() if k not in ("api_key", "model_name")},

@@ -75,7 +75,15 @@ class MicroBatcher:
         self._closing = False
         # One thread: the model and its tokenizer are used by one thread at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cappy-score")
-        self.stats = {"requests": 0, "pairs": 0, "batches": 0, "largest_batch": 0, "cancelled": 0, "rejected": 0}
+        self.stats: dict[str, float] = {
+            "requests": 0,
+            "pairs": 0,
+            "batches": 0,
+            "largest_batch": 0,
+            "cancelled": 0,
+            "rejected": 0,
+            "busy_s": 0.0,  # seconds the scoring thread spent in score calls
+        }
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -204,7 +212,11 @@ class MicroBatcher:
         return batch
 
     def _score(self, instructions: list[str], responses: list[str]) -> np.ndarray:
-        scores = np.asarray(self.score_fn(instructions, responses), dtype=np.float32).reshape(-1)
+        t0 = time.perf_counter()
+        try:
+            scores = np.asarray(self.score_fn(instructions, responses), dtype=np.float32).reshape(-1)
+        finally:
+            self.stats["busy_s"] += time.perf_counter() - t0
         if scores.shape[0] != len(instructions):
             raise RuntimeError(f"the scorer returned {scores.shape[0]} scores for {len(instructions)} pairs")
         return scores
