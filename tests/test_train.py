@@ -252,3 +252,11 @@ def test_pretrain_mini_config_on_real_pairs(tmp_path):
     assert scorer.max_length == 256 and scorer.model.config.problem_type == "regression"
     assert (out / "best" / "model.safetensors").is_file()
     assert len([m for m in _metrics(out) if "dev_mse" in m]) == 2
+
+
+def test_cli_override_bare_no_means_no_mixed_precision():
+    from cappy.cli.train import parse_overrides
+    from cappy.train.config import TrainConfig
+
+    over = parse_overrides(["--mixed-precision", "no", "--model", "m", "--train", "x.jsonl", "--output-dir", "o"])
+    assert TrainConfig.from_dict(over).mixed_precision == "no"

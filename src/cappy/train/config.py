@@ -197,6 +197,8 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
             raise ValueError(f"{source}: {name} must be a number, got {value!r}")
         return float(value)
     if base is str:
+        if value is False and name == "mixed_precision":
+            return "no"  # YAML 1.1 reads a bare `no` as false
         if isinstance(value, str | os.PathLike | int | float) and not isinstance(value, bool):
             return str(value)
         raise ValueError(f"{source}: {name} must be a string, got {value!r}")
