@@ -80,7 +80,9 @@ def _log_softmax_at(logits: np.ndarray, token: int) -> float:
 class LlamaCppLogLik(LogLikelihood):
     """Log-likelihoods from a GGUF model through llama.cpp (default: the packaged Gemma 3 270M).
 
-    The prompt is evaluated once per example; each choice rolls the KV cache back to the end of the prompt.
+    The prompt is evaluated once per example with only its last logits computed (Gemma's vocabulary has 262k
+    entries, so logits for every prompt position would cost more than the model itself); each choice then rolls
+    the KV cache back to the end of the prompt and feeds its tokens one at a time.
     Example: ``LlamaCppLogLik(n_threads=2).loglik("Q: 2+2? A:", ["4", "5"])``
     """
 
@@ -103,7 +105,7 @@ class LlamaCppLogLik(LogLikelihood):
             n_ctx=n_ctx,
             n_threads=n_threads,
             n_threads_batch=n_threads,
-            logits_all=True,
+            logits_all=False,
             verbose=False,
             **kw,
         )
@@ -112,6 +114,11 @@ class LlamaCppLogLik(LogLikelihood):
 
     def _tok(self, text: str, bos: bool) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
+
+    def _last_logits(self) -> np.ndarray:
+        # llama-cpp-python keeps no logits when logits_all is off; read the context's last row directly
+        ptr = self.llm._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float32, copy=True)
 
     def _loglik(self, prompt: str, choices: Sequence[str]) -> list[tuple[float, int]]:
         ctx = self._tok(prompt, True)
@@ -126,14 +133,14 @@ class LlamaCppLogLik(LogLikelihood):
         llm = self.llm
         llm.reset()
         llm.eval(ctx)
-        last_prompt_logits = np.array(llm.scores[len(ctx) - 1], copy=True)
+        after_prompt = self._last_logits()
         out = []
         for cont in conts:
             llm.n_tokens = len(ctx)
-            llm.eval(cont)
-            total = _log_softmax_at(last_prompt_logits, cont[0])
+            total = _log_softmax_at(after_prompt, cont[0])
             for j in range(1, len(cont)):
-                total += _log_softmax_at(llm.scores[len(ctx) + j - 1], cont[j])
+                llm.eval([cont[j - 1]])
+                total += _log_softmax_at(self._last_logits(), cont[j])
             out.append((total, len(cont)))
         return out
 
