@@ -21,7 +21,7 @@ RECIPE = Recipe(
 
 @pytest.fixture(scope="module")
 def gemma():
-    gen = LlamaCppGenerator(n_threads=2, n_ctx=256)
+    gen = LlamaCppGenerator(n_threads=1, n_ctx=256)
     yield gen
     gen.close()
 
@@ -51,7 +51,7 @@ def test_greedy_matches_llama_cpp_own_completion(gemma):
     """Our decode loop against llama-cpp-python's own greedy completion and its log-probabilities."""
     from llama_cpp import Llama
 
-    ref = Llama(model_path=str(gemma_gguf_path()), n_ctx=128, n_threads=2, logits_all=True, verbose=False)
+    ref = Llama(model_path=str(gemma_gguf_path()), n_ctx=128, n_threads=1, logits_all=True, verbose=False)
     try:
         out = ref.create_completion(PROMPT, max_tokens=5, temperature=0.0, logprobs=1)
     finally:
@@ -65,7 +65,7 @@ def test_greedy_matches_llama_cpp_own_completion(gemma):
 
 
 def test_shared_prompt_equals_cold_calls_and_evaluates_the_prompt_once(gemma):
-    cold = LlamaCppGenerator(n_threads=2, n_ctx=256, share_prompt=False)
+    cold = LlamaCppGenerator(n_threads=1, n_ctx=256, share_prompt=False)
     try:
         before = gemma.prompt_evals
         gemma.llm.reset()

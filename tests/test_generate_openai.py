@@ -117,7 +117,7 @@ def test_completions_request_and_parsing(scripted):
     assert len(srv.bodies) == 2 and gen.n_supported is True
     greedy, sample = sorted(srv.bodies, key=lambda b: b["n"])
     assert srv.paths[0] == "/v1/completions"
-    assert (greedy["temperature"], greedy["n"], greedy["top_k"], greedy["max_tokens"]) == (0.0, 1, -1, 8)
+    assert (greedy["temperature"], greedy["n"], greedy["top_k"], greedy["max_tokens"]) == (0.0, 1, 0, 8)
     assert (sample["temperature"], sample["n"], sample["prompt"], sample["logprobs"]) == (0.9, 3, "Q: 2+2?\nA:", 1)
     assert sample["min_tokens"] == 1 and sample["truncate_prompt_tokens"] == 512
     assert cands[1].text == f"s{sample['seed']}-c0"
@@ -216,7 +216,7 @@ def test_bad_configuration():
 
 
 @pytest.fixture(scope="session")
-def llama_server():
+def llama_server(tmp_path_factory):
     pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
     from cappy.generate.llamacpp import gemma_gguf_path
 
@@ -234,7 +234,9 @@ def llama_server():
         "--model_alias",
         "gemma",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    # The server logs a lot while loading: a pipe nobody reads would fill up and block it, so log to a file.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env={**os.environ})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -244,7 +246,7 @@ def llama_server():
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"llama_cpp.server did not start: {proc.stderr.read().decode()[-2000:]}")
+                pytest.fail(f"llama_cpp.server did not start: {log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.2)
     yield f"{url}/v1"
     proc.terminate()
@@ -254,6 +256,7 @@ def llama_server():
         proc.kill()
 
 
+@pytest.mark.slow  # about a minute: the server computes log-probabilities over Gemma's 262k vocabulary
 @pytest.mark.parametrize("endpoint", ["completions", "chat"])
 def test_real_llama_cpp_server(llama_server, endpoint):
     gen = OpenAIGenerator(llama_server, "gemma", endpoint=endpoint, timeout=120, max_retries=0)

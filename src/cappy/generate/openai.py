@@ -137,8 +137,8 @@ class OpenAIGenerator(Generator):
         if recipe.stop:
             body["stop"] = list(recipe.stop)[:4]  # OpenAI accepts at most 4
         if self.server_extensions:
-            # -1 disables top-k in vLLM, llama.cpp and llama-cpp-python alike.
-            body["top_k"] = d.top_k if d.method == "sample" and d.top_k > 0 else -1
+            # 0 disables top-k in llama.cpp, llama-cpp-python (which rejects -1) and current vLLM.
+            body["top_k"] = d.top_k if d.method == "sample" else 0
             body["min_tokens"] = recipe.min_new_tokens
             body["truncate_prompt_tokens"] = recipe.max_prompt_tokens
         body.update(self.extra_body)
