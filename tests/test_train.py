@@ -260,3 +260,21 @@ def test_cli_override_bare_no_means_no_mixed_precision():
 
     over = parse_overrides(["--mixed-precision", "no", "--model", "m", "--train", "x.jsonl", "--output-dir", "o"])
     assert TrainConfig.from_dict(over).mixed_precision == "no"
+
+
+def test_checkpoint_records_training_tasks_and_guard_refuses(tiny_model_dir, tmp_path):
+    from cappy.evaluate.guard import ContaminationError, check_contamination
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_rows(8, task="super_glue/rte"))
+    out = tmp_path / "run"
+    train(_cfg(tiny_model_dir("bert"), data, out, num_pairs=32))
+    rec = json.loads((out / "training_data.json").read_text())
+    assert rec["tasks"] == ["super_glue/rte"] and rec["inputs"][0]["sha256"]
+    with pytest.raises(ContaminationError, match="super_glue/rte"):
+        check_contamination(out, [("rte", "super_glue/rte", None)])
+    check_contamination(out, [("cb", "super_glue/cb", None)])  # other tasks are fine
+    # adapting that checkpoint on another task keeps the first task in the record
+    data2 = write_jsonl(tmp_path / "pairs2.jsonl", make_rows(8, task="glue/sst2"))
+    train(_cfg(out, data2, tmp_path / "run2", num_pairs=32))
+    rec2 = json.loads((tmp_path / "run2" / "training_data.json").read_text())
+    assert rec2["tasks"] == ["glue/sst2", "super_glue/rte"]

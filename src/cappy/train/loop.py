@@ -18,6 +18,7 @@ import torch
 from cappy.io import atomic_write, dumps
 from cappy.train.config import TrainConfig, resolve_base_model
 from cappy.train.data import Pairs, PairSource, Plan, read_dev
+from cappy.train.record import build_record, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class Trainer:
 
         cfg.validate()
         self.cfg = cfg
+        self.record: dict[str, Any] | None = None  # what the checkpoints were trained on (training_data.json)
         if not cfg.progress:
             import transformers
 
@@ -313,13 +315,17 @@ class Trainer:
                 model = type(unwrapped)(unwrapped.config)
                 model.load_state_dict(state)
             scorer = Cappy(model, self.tokenizer, max_length=self.max_length)
+            if self.record is None:
+                self.record = build_record(self.cfg.train, self.cfg.model)
             if directory == self.out:
                 scorer.save_pretrained(directory)
+                write_record(directory, self.record)
             else:
                 tmp = directory.parent / f".tmp-{directory.name}"
                 old = directory.parent / f".old-{directory.name}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 scorer.save_pretrained(tmp)
+                write_record(tmp, self.record)
                 if directory.exists():
                     shutil.rmtree(old, ignore_errors=True)
                     os.replace(directory, old)
