@@ -298,6 +298,7 @@ def _cli(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "cappy", *args], env=env, **kw)
 
 
+@pytest.mark.slow  # two `cappy generate` processes (torch imports) cost ~50 s here; the in-process test stays fast
 def test_cli_generate_survives_sigkill(tiny_lm_dir, tmp_path):
     """SIGKILL a running `cappy generate`, rerun it: the result equals one uninterrupted run, row for row."""
     from cappy.generate.hf import HFGenerator
