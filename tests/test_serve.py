@@ -549,7 +549,7 @@ def test_cli_serve_end_to_end(tiny_model_dir, scorer):
         port = s.getsockname()[1]
     env = {**os.environ, "CAPPY_API_KEY": "k3y", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "cappy", "serve", "--model", str(tiny_model_dir("bert")), "--device", "cpu"]
-    cmd += ["--port", str(port), "--max-items", "4", "--log-level", "warning"]
+    cmd += ["--port", str(port), "--max-items", "4", "--num-threads", "1", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -570,6 +570,7 @@ def test_cli_serve_end_to_end(tiny_model_dir, scorer):
         info = httpx.get(f"{base}/info", headers=key).json()
         assert info["model"] == str(tiny_model_dir("bert"))
         assert info["forward_batch"] == {"max_pairs": 64, "max_tokens": 2048}  # the CPU token budget
+        assert info["torch_threads"] == 1
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -27,6 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"token budget of one forward pass (default: {CPU_TOKEN_BUDGET} on CPU, where small length-sorted "
         "batches waste less padding on a micro-batch of mixed lengths; the library default elsewhere)",
     )
+    p.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for scoring (default on CPU: one less than torch's default, at least 1, leaving a "
+        "core to the HTTP side; oversubscribed torch threads stall each other)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument(
@@ -112,9 +119,19 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     generator, gen_name, make_recipe = _generator(args) if args.generator else (None, None, None)
+    import torch
+
+    on_cpu = resolve_device(args.device).type == "cpu"
+    threads = args.num_threads
+    if threads is None and on_cpu:
+        threads = max(1, torch.get_num_threads() - 1)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--num-threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     budget = args.max_tokens_per_batch
     if budget is None:
-        budget = CPU_TOKEN_BUDGET if resolve_device(args.device).type == "cpu" else 16384
+        budget = CPU_TOKEN_BUDGET if on_cpu else 16384
     scorer = Cappy.from_pretrained(
         args.model,
         device=args.device,

@@ -22,6 +22,7 @@ from importlib import resources
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -457,6 +458,7 @@ def create_app(
             "max_input_length": scorer.max_length,
             "max_batch": config.max_batch_pairs,
             "forward_batch": {"max_pairs": scorer.batch_size, "max_tokens": scorer.max_tokens_per_batch},
+            "torch_threads": torch.get_num_threads(),
             "generator": generator_name if generator is not None else None,
             "version": _version(),
             "limits": {k: v for k, v in asdict(config).items() if k not in ("api_key", "model_name")},
