@@ -233,3 +233,12 @@ def test_transformers_pipeline_sees_regression(tiny_model_dir, tmp_path):
 
     out = Cappy.from_pretrained(tiny_model_dir("bert"), device="cpu").save_pretrained(tmp_path / "m")
     assert AutoConfig.from_pretrained(out).problem_type == "regression"
+
+
+def test_half_checkpoint_loads_as_float32_on_cpu(tiny_model_dir, tmp_path):
+    scorer = Cappy.from_pretrained(tiny_model_dir("bert"), device="cpu")
+    scorer.model.half()
+    out = scorer.save_pretrained(tmp_path / "half")
+    again = Cappy.from_pretrained(out, device="cpu")
+    assert next(again.model.parameters()).dtype == torch.float32
+    assert next(Cappy.from_pretrained(out, device="cpu", dtype="float16").model.parameters()).dtype == torch.float16

@@ -195,6 +195,8 @@ class Cappy:
                 "a Cappy scorer needs a one-output regression head"
             )
         kwargs: dict[str, Any] = dict(model_kwargs)
+        if torch_dtype is None and resolve_device(device).type == "cpu":
+            torch_dtype = torch.float32  # half-precision checkpoints (e.g. the embedded one) run slowly on CPUs
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         model = AutoModelForSequenceClassification.from_pretrained(
