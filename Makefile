@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench clean cappy-mini
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,3 +42,13 @@ data-offline: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py --pairs 128 --batch-size 32 --threads 1
+
+# The whole cappy-mini rebuild on this CPU (hours; resumable: rerun after a kill continues from training_state/).
+MINI := runs/mini
+cappy-mini: $(STAMP)
+	$(BIN)/cappy data build configs/mixtures/offline.yaml --out runs/data/offline --no-progress
+	$(BIN)/cappy data split runs/data/offline --out $(MINI) --cap super_glue/boolq=25000 \
+		--cap trivia_qa/rc.wikipedia.nocontext=30000 --cap nq_open=25000
+	$(BIN)/cappy train configs/pretrain_mini.yaml --train $(MINI)/train.parquet --dev $(MINI)/dev.jsonl \
+		--output-dir $(MINI)/run
+	$(BIN)/cappy export $(MINI)/run/best --out src/cappy/models/cappy-mini --dtype float16 --card docs/cappy-mini.md
