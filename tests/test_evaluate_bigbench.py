@@ -167,3 +167,61 @@ def test_cli_bigbench_from_cache(tiny_model_dir, tmp_path):
     ]
     rc = main(args2)
     assert rc == 2
+
+
+def test_cli_bigbench_adapts_per_task_on_train_candidates(tiny_model_dir, tmp_path):
+    cfg = BBConfig(max_examples=4, max_train=6)
+    cache = tmp_path / "gens.jsonl"
+    task = BB / "repeat_copy_logic"
+    _, train, val = task_prompts(task, cfg)
+    write_cache(cache, train + val)
+    out = tmp_path / "bb"
+    args = [
+        "eval",
+        "bigbench",
+        "--task",
+        str(task),
+        "--max-examples",
+        "4",
+        "--max-train",
+        "6",
+        "--gens",
+        str(cache),
+        "--recipe",
+        "quick",
+        "--model",
+        str(tiny_model_dir("bert")),
+        "--adapt",
+        "--adapt-scale",
+        "0.0004",
+        "--adapt-override",
+        "batch_size=8",
+        "--adapt-override",
+        "per_device_batch_size=8",
+        "--adapt-override",
+        "max_length=64",
+        "--adapt-override",
+        "lr=1e-3",
+        "--adapt-override",
+        "device=cpu",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-plots",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {"cappy", "cappy_adapted"} <= set(res["methods"])
+    pairs = [json.loads(x) for x in open(out / "adapt" / "repeat_copy_logic" / "pairs.jsonl")]
+    assert len(pairs) == 6 * 4  # every train prompt's candidates, labelled by Rouge-L against its references
+    gold = [p for p in pairs if p["response"] in {r for ex in train for r in ex.references}]
+    assert gold and all(p["label"] == 1.0 for p in gold)
+    assert not {p["instruction"] for p in pairs} & {ex.input for ex in val}  # never the validation prompts
+    adapted = out / "adapt" / "repeat_copy_logic" / "model"
+    assert json.loads((adapted / "training_data.json").read_text())["tasks"] == ["repeat_copy_logic"]
+    from cappy import Cappy
+
+    base = Cappy.from_pretrained(tiny_model_dir("bert"), device="cpu").score(val[0].input, "x")
+    assert Cappy.from_pretrained(adapted, device="cpu").score(val[0].input, "x") != pytest.approx(base)

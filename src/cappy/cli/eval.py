@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,7 @@ def run_bigbench(args: argparse.Namespace) -> int:
 
 def adapt_scorer(
     task: str,
-    train: list[Any],
+    examples: list[Any],
     model_path: str,
     get_candidates: Any,
     out: Path,
@@ -247,10 +248,10 @@ def adapt_scorer(
 
     best = out / "model"
     if not (best / "config.json").exists():
-        cands = get_candidates(task, [ex.input for ex in train])
+        cands = get_candidates(task, [ex.input for ex in examples])
         rows = 0
         with atomic_write(out / "pairs.jsonl") as f:
-            for ex in train:
+            for ex in examples:
                 for c in cands.get(ex.input, []):
                     label = rouge_l(c.text, ex.references)
                     f.write(
@@ -282,4 +283,6 @@ def adapt_scorer(
         run = out / "run"
         src = run / "best" if (run / "best" / "config.json").exists() else run
         Cappy.from_pretrained(src, device="cpu").save_pretrained(best)
+        if (src / "training_data.json").is_file():
+            shutil.copy(src / "training_data.json", best / "training_data.json")
     return Cappy.from_pretrained(best, device=args.device)
