@@ -19,10 +19,11 @@ import numpy as np
 
 from cappy.data.readers import read_examples
 from cappy.data.templates import Template, load_templates, template_key
+from cappy.paths import shared_data_dir
 
 logger = logging.getLogger(__name__)
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+SHARED = shared_data_dir()
 
 #: The default held-out suite: (task name, PromptSource key, file under shared/data/heldout).
 DEFAULT_SUITE: tuple[tuple[str, str, str], ...] = (
