@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -83,3 +84,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
 def dumps(obj: Any) -> str:
     """One JSONL line (no trailing newline), UTF-8 kept readable."""
     return json.dumps(obj, ensure_ascii=False)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks. Example: ``sha256_file("pairs.jsonl")``"""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -31,7 +31,7 @@ import yaml
 
 from cappy.data.readers import HUB_PREFIX, iter_examples
 from cappy.data.templates import Prompt, Template, TemplateError, load_templates, select_templates, template_key
-from cappy.io import atomic_write, dumps, iter_jsonl
+from cappy.io import atomic_write, dumps, iter_jsonl, sha256_file
 from cappy.metrics import rouge_l
 
 logger = logging.getLogger(__name__)
@@ -221,14 +221,6 @@ def heldout_hits(names: Sequence[str], heldout: Sequence[str]) -> list[str]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _pair_key(instruction: str, response: str) -> int:
     digest = hashlib.blake2b(f"{len(instruction)}:{instruction}{response}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
@@ -397,7 +389,7 @@ class PairBuilder:
                 if not p.exists():
                     raise FileNotFoundError(f"dataset {spec.name!r}: {source} does not exist")
                 for f in sorted([p] if p.is_file() else (q for q in p.rglob("*") if q.is_file())):
-                    inputs[str(f)] = _sha256(f)
+                    inputs[str(f)] = sha256_file(f)
             else:
                 inputs[source] = ""
             root = spec.templates_root or mix.templates_root
@@ -409,13 +401,13 @@ class PairBuilder:
             if not templates:
                 raise MixtureError(f"dataset {spec.name!r}: no template selected by {spec.templates!r}")
             for t in templates:
-                inputs.setdefault(t.file, _sha256(Path(t.file)))
+                inputs.setdefault(t.file, sha256_file(Path(t.file)))
                 units.append(_Unit(spec, t, source))
         for g in mix.generations:
             gp = Path(mix.resolve(g))
             if not gp.exists():
                 raise FileNotFoundError(f"generations file {gp} does not exist")
-            inputs[str(gp)] = _sha256(gp)
+            inputs[str(gp)] = sha256_file(gp)
         self.inputs = [{"path": k, "sha256": v} for k, v in inputs.items()]
         self.units = units
         return units
@@ -484,7 +476,7 @@ class PairBuilder:
     def _shards_intact(self, manifest: dict[str, Any]) -> bool:
         for s in manifest.get("shards", []):
             p = self.out / s["path"]
-            if not p.exists() or _sha256(p) != s["sha256"]:
+            if not p.exists() or sha256_file(p) != s["sha256"]:
                 return False
         return True
 
@@ -696,7 +688,7 @@ class PairBuilder:
             writer.close()
         state.db.execute("DELETE FROM pending")
         self._pending = 0
-        shards.append({"path": name, "rows": n, "sha256": _sha256(path)})
+        shards.append({"path": name, "rows": n, "sha256": sha256_file(path)})
 
     def _write_manifest(
         self, state: _State, fp: str, shards: list[dict[str, Any]], counters: _Counters

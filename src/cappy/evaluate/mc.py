@@ -6,7 +6,6 @@ protocol). Every method sees exactly the same prompts, so differences between me
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from collections import Counter, defaultdict
@@ -19,6 +18,7 @@ import numpy as np
 
 from cappy.data.readers import read_examples
 from cappy.data.templates import Template, load_templates, template_key
+from cappy.io import sha256_file
 from cappy.paths import shared_data_dir
 
 logger = logging.getLogger(__name__)
@@ -156,14 +156,8 @@ def build_prompts(task: MCTask, cfg: MCConfig) -> tuple[list[MCPrompt], dict[str
 
 
 def file_sha256(path: str | Path) -> str | None:
-    p = Path(path)
-    if not p.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 of a data file; None for folders and hub ids."""
+    return sha256_file(path) if Path(path).is_file() else None
 
 
 # --------------------------------------------------------------------------- methods

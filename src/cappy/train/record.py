@@ -6,22 +6,13 @@ adapted from another inherits that one's record too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from cappy.io import atomic_write
+from cappy.io import atomic_write, sha256_file
 
 RECORD_FILE = "training_data.json"  # the name cappy.evaluate.guard reads
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _file_tasks(path: Path) -> set[str]:
@@ -56,14 +47,14 @@ def build_record(train_paths: list[str], base_model: str | None = None) -> dict[
             m = json.loads(manifest.read_text())
             tasks |= set(m.get("tasks", {}))
             inputs += [i for i in m.get("inputs", []) if isinstance(i, dict)]
-            inputs.append({"path": str(manifest), "sha256": _sha256(manifest)})
+            inputs.append({"path": str(manifest), "sha256": sha256_file(manifest)})
         elif p.is_dir():
             for f in sorted(list(p.glob("*.parquet")) + list(p.glob("*.jsonl"))):
                 tasks |= _file_tasks(f)
-                inputs.append({"path": str(f), "sha256": _sha256(f)})
+                inputs.append({"path": str(f), "sha256": sha256_file(f)})
         elif p.is_file():
             tasks |= _file_tasks(p)
-            inputs.append({"path": str(p), "sha256": _sha256(p)})
+            inputs.append({"path": str(p), "sha256": sha256_file(p)})
     base_dir = None
     if base_model:
         from cappy.model import resolve_model_path
