@@ -89,36 +89,16 @@ class LlamaCppLogLik(LogLikelihood):
     def __init__(
         self, model_path: str | os.PathLike | None = None, n_ctx: int = 1024, n_threads: int | None = None, **kw: Any
     ) -> None:
-        try:
-            from llama_cpp import Llama
-        except ImportError as err:
-            raise ImportError("the llama.cpp backend needs llama-cpp-python: pip install 'cappy[llamacpp]'") from err
-        if model_path is None:
-            from cappy.generate.llamacpp import gemma_gguf_path
+        from cappy.generate.llamacpp import LlamaCppGenerator
 
-            model_path = gemma_gguf_path()
-        path = Path(model_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"GGUF model file not found: {path}")
-        self.llm = Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            logits_all=False,
-            verbose=False,
-            **kw,
-        )
-        self.model_id = path.name
-        self.n_ctx = self.llm.n_ctx()
+        # the generator owns loading (packaged Gemma by default) and reading the last logits; reuse both
+        self.gen = LlamaCppGenerator(model_path, n_ctx=n_ctx, n_threads=n_threads, **kw)
+        self.llm = self.gen.llm
+        self.model_id = self.gen.model_id
+        self.n_ctx = self.gen.n_ctx
 
     def _tok(self, text: str, bos: bool) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
-
-    def _last_logits(self) -> np.ndarray:
-        # llama-cpp-python keeps no logits when logits_all is off; read the context's last row directly
-        ptr = self.llm._ctx.get_logits_ith(-1)
-        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float32, copy=True)
 
     def _loglik(self, prompt: str, choices: Sequence[str]) -> list[tuple[float, int]]:
         ctx = self._tok(prompt, True)
@@ -133,14 +113,14 @@ class LlamaCppLogLik(LogLikelihood):
         llm = self.llm
         llm.reset()
         llm.eval(ctx)
-        after_prompt = self._last_logits()
+        after_prompt = self.gen._logits()
         out = []
         for cont in conts:
             llm.n_tokens = len(ctx)
             total = _log_softmax_at(after_prompt, cont[0])
             for j in range(1, len(cont)):
                 llm.eval([cont[j - 1]])
-                total += _log_softmax_at(self._last_logits(), cont[j])
+                total += _log_softmax_at(self.gen._logits(), cont[j])
             out.append((total, len(cont)))
         return out
 
