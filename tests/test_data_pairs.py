@@ -286,3 +286,17 @@ def test_exported_prompts_are_the_built_instructions(tmp_path):
     built = {r["instruction"] for r in _read(tmp_path / "o") if r["template"] == "free"}
     assert built == {r["prompt"] for r in exported}
     assert m["sources"]["llm"] == 12
+
+
+def test_exported_prompt_sample_is_seeded_and_drawn_from_the_full_set(tmp_path):
+    mix = _setup(tmp_path, _rows(30), mismatched=0)
+    export_prompts(mix, tmp_path / "all.jsonl", free_text_only=True, progress=False)
+    counts = export_prompts(mix, tmp_path / "s1.jsonl", free_text_only=True, sample=7, progress=False)
+    export_prompts(mix, tmp_path / "s2.jsonl", free_text_only=True, sample=7, progress=False)
+    full = (tmp_path / "all.jsonl").read_text().splitlines()
+    s1 = (tmp_path / "s1.jsonl").read_text().splitlines()
+    assert counts["prompts"] == 7 and len(s1) == 7 and len(set(s1)) == 7
+    assert set(s1) <= set(full) and s1 != full[:7]  # a shuffle, not the head of the file
+    assert s1 == (tmp_path / "s2.jsonl").read_text().splitlines()
+    with pytest.raises(ValueError, match="sample must be a positive"):
+        export_prompts(mix, tmp_path / "bad.jsonl", sample=0, progress=False)

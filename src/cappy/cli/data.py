@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=None, help="override the mixture's seed (use the build's seed)")
     e.add_argument("--data-root", default=None, help="override the mixture's data_root")
     e.add_argument("--max-examples", type=int, default=None, help="at most this many examples per dataset")
+    e.add_argument("--sample", type=int, default=None, help="keep a seeded random sample of this many prompts")
     e.add_argument("--free-text-only", action="store_true", help="only templates without answer choices")
     e.add_argument("--allow-heldout", action="store_true", help="allow held-out (evaluation) datasets")
     e.add_argument("--skip-bad", action="store_true", help="skip and count malformed lines and failing renders")
@@ -103,6 +104,7 @@ def run_prompts(args: argparse.Namespace) -> int:
         args.out,
         free_text_only=args.free_text_only,
         max_examples=args.max_examples,
+        sample=args.sample,
         allow_heldout=args.allow_heldout,
         skip_bad=args.skip_bad,
         progress=not args.no_progress,

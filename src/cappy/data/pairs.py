@@ -748,15 +748,20 @@ def export_prompts(
     *,
     free_text_only: bool = False,
     max_examples: int | None = None,
+    sample: int | None = None,
     **options: Any,
 ) -> dict[str, int]:
     """Write the mixture's distinct rendered instructions as JSONL for ``cappy generate``; returns counts.
 
     Each row: ``{"prompt", "references", "task", "template"}``. The instructions are exactly those that
     ``build_pairs`` renders for the same mixture and seed, so the generation cache matches them by text.
-    ``free_text_only`` keeps templates without answer choices; ``max_examples`` caps every dataset.
+    ``free_text_only`` keeps templates without answer choices; ``max_examples`` caps every dataset; ``sample``
+    keeps a random ``sample`` of the prompts (shuffled with the mixture's seed, so the LLM share of a build is
+    spread over tasks and templates and reproducible).
     Example: ``export_prompts("configs/mixtures/offline.yaml", "runs/prompts.jsonl", free_text_only=True)``
     """
+    if sample is not None and sample < 1:
+        raise ValueError(f"sample must be a positive number of prompts, got {sample}")
     from tqdm.auto import tqdm
 
     mix = mixture if isinstance(mixture, Mixture) else Mixture.from_yaml(mixture)
@@ -768,17 +773,22 @@ def export_prompts(
     units = [u for u in builder.plan() if not (free_text_only and u.template.answer_choices is not None)]
     seen: set[int] = set()
     counts = {"prompts": 0, "duplicates": 0, "units": len(units)}
+    lines: list[str] = []
+    for unit in tqdm(units, desc="prompts", unit="template", disable=not opts.progress):
+        for p in builder.unit_prompts(unit):
+            key = _prompt_key(p.instruction)
+            if key in seen:
+                counts["duplicates"] += 1
+                continue
+            seen.add(key)
+            row = {"prompt": p.instruction, "references": p.references}
+            lines.append(dumps({**row, "task": unit.spec.name, "template": unit.template.name}) + "\n")
+    if sample is not None:
+        random.Random(mix.seed).shuffle(lines)
+        lines = lines[:sample]
     with atomic_write(out) as f:
-        for unit in tqdm(units, desc="prompts", unit="template", disable=not opts.progress):
-            for p in builder.unit_prompts(unit):
-                key = _prompt_key(p.instruction)
-                if key in seen:
-                    counts["duplicates"] += 1
-                    continue
-                seen.add(key)
-                row = {"prompt": p.instruction, "references": p.references}
-                f.write(dumps({**row, "task": unit.spec.name, "template": unit.template.name}) + "\n")
-                counts["prompts"] += 1
+        f.writelines(lines)
+    counts["prompts"] = len(lines)
     return counts
 
 
