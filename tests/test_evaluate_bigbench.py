@@ -225,3 +225,23 @@ def test_cli_bigbench_adapts_per_task_on_train_candidates(tiny_model_dir, tmp_pa
 
     base = Cappy.from_pretrained(tiny_model_dir("bert"), device="cpu").score(val[0].input, "x")
     assert Cappy.from_pretrained(adapted, device="cpu").score(val[0].input, "x") != pytest.approx(base)
+
+
+def test_task_without_train_examples_keeps_the_unadapted_scorer_as_adapted(tiny_scorer, tmp_path):
+    cfg = BBConfig(max_examples=3, max_train=4)
+    task = BB / "conlang_translation"  # its official split leaves no train examples
+    _, train, val = task_prompts(task, cfg)
+    assert not train and val
+    cache = tmp_path / "gens.jsonl"
+    write_cache(cache, val)
+    adapted_for = []
+
+    def adapt(name, examples):
+        adapted_for.append(name)
+        return tiny_scorer
+
+    res = evaluate_bigbench([task], cfg, lambda t, p: read_generations(cache), {"cappy": tiny_scorer}, adapt, False)
+    assert adapted_for == []
+    m = res["methods"]
+    assert m["cappy_adapted"]["per_task"] == m["cappy"]["per_task"]
+    assert "unadapted" in res["tasks"]["conlang_translation"]["cappy_adapted"]

@@ -141,11 +141,18 @@ def evaluate_bigbench(
             info[name] = {"skipped": "no generative examples"}
             continue
         task_scorers = dict(scorers)
+        adapted_from_nothing = False
         if adapt is not None:
-            if not train:
-                logger.warning("%s: no train examples; no adapted scorer", name)
-            else:
+            if train:
                 task_scorers["cappy_adapted"] = adapt(name, train)
+            elif "cappy" in scorers:
+                # nothing to adapt on: the adapted scorer is the pretrained one, so every task keeps every method
+                # and the means compare the same tasks
+                logger.warning("%s: no train examples; cappy_adapted is the unadapted scorer", name)
+                task_scorers["cappy_adapted"] = scorers["cappy"]
+                adapted_from_nothing = True
+            else:
+                logger.warning("%s: no train examples; no adapted scorer", name)
         cands = get_candidates(name, [ex.input for ex in val])
         out = evaluate_task(name, val, cands, task_scorers, seed=cfg.seed)
         per_task[name] = out["scores"]
@@ -155,6 +162,8 @@ def evaluate_bigbench(
             "n_train": len(train),
             "candidates_per_prompt": out["n_candidates"],
         }
+        if adapted_from_nothing:
+            info[name]["cappy_adapted"] = "no train examples: the unadapted scorer"
     methods: list[str] = []
     for scores in per_task.values():
         methods += [m for m in scores if m not in methods]

@@ -1,0 +1,53 @@
+"""The embedded cappy-mini: what ships in the package, how other tools read it, and that it ranks answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from cappy import Cappy
+from cappy.model import resolve_model_path
+
+HELDOUT_FAMILIES = ("anli", "super_glue/cb", "super_glue/copa", "super_glue/rte", "hellaswag", "winogrande")
+
+
+@pytest.fixture(scope="module")
+def mini_dir() -> Path:
+    return Path(resolve_model_path("cappy-mini"))
+
+
+def test_embedded_in_the_package_small_half_precision_regression(mini_dir):
+    import cappy
+
+    assert mini_dir.parent.parent == Path(cappy.__file__).parent
+    weights = mini_dir / "model.safetensors"
+    assert weights.stat().st_size < 50 * 2**20
+    with safe_open(weights, framework="pt") as f:
+        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+    assert dtypes == {"F16"}
+    cfg = json.loads((mini_dir / "config.json").read_text())
+    assert cfg["problem_type"] == "regression" and cfg.get("num_labels", len(cfg.get("id2label", {}))) == 1
+    st = json.loads((mini_dir / "config.json").read_text()).get("sentence_transformers", {})
+    assert st.get("activation_fn", "").endswith("Identity")
+    assert (mini_dir / "README.md").read_text().startswith("---")
+
+
+def test_trained_without_any_held_out_task(mini_dir):
+    record = json.loads((mini_dir / "training_data.json").read_text())
+    tasks = [t.lower() for t in record["tasks"]]
+    assert tasks and not [t for t in tasks if t.startswith(HELDOUT_FAMILIES)]
+
+
+def test_loads_offline_in_float32_and_matches_sentence_transformers(mini_dir):
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    scorer = Cappy.from_pretrained("cappy-mini", device="cpu")
+    assert next(scorer.model.parameters()).dtype == torch.float32
+    pairs = [("What is the capital of France?", "Paris"), ("What is the capital of France?", "Berlin")]
+    ours = scorer.score([p[0] for p in pairs], [p[1] for p in pairs])
+    theirs = CrossEncoder(str(mini_dir), device="cpu").predict(pairs)
+    assert abs(float(ours[0]) - float(theirs[0])) < 1e-3 and abs(float(ours[1]) - float(theirs[1])) < 1e-3
