@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -215,6 +216,9 @@ def test_save_pretrained_round_trip(tiny_model_dir, tmp_path):
     instr, resp = [a for a, _ in PAIRS], [b for _, b in PAIRS]
     np.testing.assert_allclose(again.score(instr, resp), scorer.score(instr, resp), atol=1e-6)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".saved")]  # no temp dir left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {n: 0o666 & ~umask for n in files}
 
 
 def test_sentence_transformers_cross_encoder_reads_raw_scores(tiny_model_dir, tmp_path):

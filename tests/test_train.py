@@ -229,9 +229,21 @@ def test_bf16_autocast_on_cpu_trains_and_saves_float32(tmp_path, tiny_model_dir)
     assert all(v.dtype == torch.float32 for v in weights.values())
 
 
+def test_adapting_a_float16_checkpoint_trains_in_float32(tmp_path, tiny_model_dir):
+    # cappy-mini ships float16; adapting it must not train half-precision weights on the CPU (NaN at update 2)
+    from safetensors.torch import load_file
+
+    half = Cappy.from_pretrained(tiny_model_dir("bert"), device="cpu", dtype="float16").save_pretrained(tmp_path / "h")
+    assert {v.dtype for v in load_file(half / "model.safetensors").values()} == {torch.float16}
+    data = write_jsonl(tmp_path / "p.jsonl", make_rows(8))
+    res = train(_cfg(half, data, tmp_path / "out", lr=1e-2))
+    assert math.isfinite(res["loss"]) and all(math.isfinite(m["loss"]) for m in _metrics(tmp_path / "out"))
+    assert {v.dtype for v in load_file(tmp_path / "out" / "model.safetensors").values()} == {torch.float32}
+
+
 @pytest.mark.slow
 def test_pretrain_mini_config_on_real_pairs(tmp_path):
-    """configs/pretrain_mini.yaml end to end: MiniLM-L6 + a fresh head, bf16 autocast on CPU, real SciQ pairs."""
+    """configs/pretrain_mini.yaml end to end: MiniLM-L6 + a fresh head, float32 on CPU, real SciQ pairs."""
     from conftest import REPO, SHARED_DATA
 
     rows = []
@@ -249,7 +261,7 @@ def test_pretrain_mini_config_on_real_pairs(tmp_path):
     result = train(TrainConfig.from_yaml(REPO / "configs" / "pretrain_mini.yaml", overrides))
     assert result["updates"] == 4 and math.isfinite(result["loss"])
     scorer = Cappy.from_pretrained(out, device="cpu")
-    assert scorer.max_length == 256 and scorer.model.config.problem_type == "regression"
+    assert scorer.max_length == 128 and scorer.model.config.problem_type == "regression"
     assert (out / "best" / "model.safetensors").is_file()
     assert len([m for m in _metrics(out) if "dev_mse" in m]) == 2
 

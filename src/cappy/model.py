@@ -242,7 +242,11 @@ class Cappy:
             (tmp / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2) + "\n")
             (tmp / "README.md").write_text(model_card or self._model_card())
             out.mkdir(exist_ok=True)
+            umask = os.umask(0)
+            os.umask(umask)
             for f in sorted(tmp.iterdir()):
+                # some writers (safetensors through a temporary file) leave 0600; a checkpoint is meant to be shared
+                os.chmod(f, 0o666 & ~umask)
                 os.replace(f, out / f.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

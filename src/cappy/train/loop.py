@@ -75,8 +75,10 @@ def _load_model(cfg: TrainConfig) -> tuple[Any, Any]:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "pooler_dropout"):
             if hasattr(config, name):
                 setattr(config, name, cfg.dropout)
+    # float32 master weights whatever the checkpoint stores (cappy-mini ships float16, and transformers would
+    # otherwise load it as such); mixed precision comes from autocast
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, ignore_mismatched_sizes=replace_head
+        path, config=config, ignore_mismatched_sizes=replace_head, dtype=torch.float32
     )
     if replace_head:
         logger.warning("%s had a head with several outputs; it was replaced by a fresh one-output head", cfg.model)
