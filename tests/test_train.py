@@ -258,6 +258,7 @@ def test_pretrain_mini_config_on_real_pairs(tmp_path):
     out = tmp_path / "mini"
     overrides = {"train": str(data), "dev": str(dev), "output_dir": str(out), "batch_size": 16}
     overrides.update(per_device_batch_size=16, progress=False, eval_every=2, save_every=2, warmup_ratio=0.25)
+    overrides["num_pairs"] = 64
     result = train(TrainConfig.from_yaml(REPO / "configs" / "pretrain_mini.yaml", overrides))
     assert result["updates"] == 4 and math.isfinite(result["loss"])
     scorer = Cappy.from_pretrained(out, device="cpu")
