@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from cappy.io import default_file_mode
+
 logger = logging.getLogger(__name__)
 
 IDENTITY_ACTIVATION = "torch.nn.modules.linear.Identity"
@@ -242,11 +244,10 @@ class Cappy:
             (tmp / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2) + "\n")
             (tmp / "README.md").write_text(model_card or self._model_card())
             out.mkdir(exist_ok=True)
-            umask = os.umask(0)
-            os.umask(umask)
+            mode = default_file_mode()
             for f in sorted(tmp.iterdir()):
                 # some writers (safetensors through a temporary file) leave 0600; a checkpoint is meant to be shared
-                os.chmod(f, 0o666 & ~umask)
+                os.chmod(f, mode)
                 os.replace(f, out / f.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
