@@ -4,17 +4,37 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint bench clean cappy-mini
+.PHONY: setup demo test test-slow lint bench clean cappy-mini lock
 
-$(STAMP): pyproject.toml
+EXTRAS := dev,serve,eval,models,llamacpp
+# The versions the suite was last green with (`make lock` refreshes them); every install goes through them.
+CONSTRAINTS := constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -c $(CONSTRAINTS) --upgrade pip
 	# torch first: pip takes the local CPU wheel; anything else pulls a multi-GB CUDA build.
-	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[dev,serve,eval,models,llamacpp]'
+	$(BIN)/pip install -c $(CONSTRAINTS) torch==2.13.0
+	$(BIN)/pip install -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	# PromptSource ships the templates.yaml files; its own dependencies are never imported.
-	$(BIN)/pip install --no-deps --ignore-requires-python promptsource==0.2.3
+	$(BIN)/pip install -c $(CONSTRAINTS) --no-deps --ignore-requires-python promptsource==0.2.3
 	touch $(STAMP)
+
+# Refresh constraints.txt: the newest releases pyproject.toml allows, in a scratch venv (llama-cpp-python builds
+# from source, ~10 min). Then `make test` on the new pins and commit constraints.txt with the result.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --upgrade pip
+	$(LOCK_VENV)/bin/pip install torch==2.13.0
+	$(LOCK_VENV)/bin/pip install -e '.[$(EXTRAS)]'
+	$(LOCK_VENV)/bin/pip install --no-deps --ignore-requires-python promptsource==0.2.3
+	( echo "# Pinned by \`make lock\` on $$(date -u +%Y-%m-%d) with $$($(LOCK_VENV)/bin/python -V)."; \
+	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/' | LC_ALL=C sort \
+	) > $(CONSTRAINTS).tmp
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
 
 setup: $(STAMP)
 
@@ -22,7 +42,7 @@ demo: $(STAMP)
 	$(BIN)/python -m cappy.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -x --timeout 600
+	$(BIN)/python -m pytest -q --timeout 600
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --timeout 1800

@@ -146,3 +146,11 @@ def tiny_scorer(tiny_model_dir):
     from cappy import Cappy
 
     return Cappy.from_pretrained(tiny_model_dir("bert"), device="cpu")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name the outcome of each browser test on its own line: a quiet run otherwise hides whether it ran."""
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for rep in terminalreporter.stats.get(outcome, []):
+            if "test_serve_browser.py" in getattr(rep, "nodeid", "") and (outcome != "passed" or rep.when == "call"):
+                terminalreporter.write_line(f"browser test {rep.nodeid}: {outcome}")

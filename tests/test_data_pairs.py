@@ -164,6 +164,7 @@ def test_llm_candidates_labelled_by_rouge(tmp_path):
     assert len(llm) == 12  # the copy of the gold answer is a duplicate of the gold pair
     for r in llm:
         i = int(r["instruction"].split()[3].rstrip("?"))
+        # labels are stored as float32 in the shards: half an ulp of a value in [0, 1] is below 6e-8
         assert r["label"] == pytest.approx(rouge_l(r["response"], [rows[i]["answer"]]), abs=1e-6)
     assert any(0 < r["label"] < 1 for r in llm)
     assert m["generations"]["matched_prompts"] == 6 and m["generations"]["unmatched_prompts"] == 1

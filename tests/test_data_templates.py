@@ -97,15 +97,20 @@ def test_template_file_from_any_folder(tmp_path):
 
 
 @needs_data
-def test_every_offline_dataset_has_templates_that_render():
+@pytest.mark.parametrize("name", ["offline", "train_splits"])
+def test_every_offline_dataset_has_templates_that_render(name):
     from cappy.data.pairs import Mixture
 
-    mix = Mixture.from_yaml(REPO / "configs" / "mixtures" / "offline.yaml")
-    on_disk = {p.name for p in PRETRAIN.glob("*.jsonl")}
-    assert {d.path for d in mix.datasets} == on_disk  # every pretrain file is in the mixture
+    mix = Mixture.from_yaml(REPO / "configs" / "mixtures" / f"{name}.yaml")
+    suffix = "_train.jsonl"
+    on_disk = {p.name for p in PRETRAIN.glob("*.jsonl") if p.name.endswith(suffix) == (name == "train_splits")}
+    assert {d.path for d in mix.datasets} == on_disk  # every pretrain file is in one of the two mixtures
     for d in mix.datasets:
         root = mix.resolve(d.templates_root) if d.templates_root else None
         templates = load_templates(d.template_key or template_key(d.name), root)
+        if isinstance(d.templates, list):
+            templates = [t for t in templates if t.name in d.templates]
+            assert len(templates) == len(d.templates), (d.name, d.templates)
         assert templates, d.name
         for ex in islice(read_examples(PRETRAIN / d.path), 20):
             for t in templates:

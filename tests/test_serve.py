@@ -26,6 +26,7 @@ import uvicorn
 
 from cappy import Cappy
 from cappy.serve import MicroBatcher, Overloaded, RecipeRequest, ServeConfig, ShuttingDown, create_app
+from tolerances import assert_scores_close
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -115,7 +116,7 @@ def test_score_matches_offline(server, scorer):
     instr = [INSTR[i % 3] for i in range(6)]
     r = server.post("/score", json=pairs_body(instr, RESP))
     assert r.status_code == 200, r.text
-    np.testing.assert_allclose(r.json()["scores"], scorer.score(instr, RESP), atol=1e-4)
+    assert_scores_close(r.json()["scores"], scorer.score(instr, RESP))  # micro-batched: float32 rounding
 
 
 def test_tei_rerank_shape_order_and_scores(server, scorer):
@@ -125,7 +126,7 @@ def test_tei_rerank_shape_order_and_scores(server, scorer):
     expected = scorer.rank(INSTR[0], RESP)
     assert [g["index"] for g in got] == [e["index"] for e in expected]
     assert [g["text"] for g in got] == [RESP[e["index"]] for e in expected]
-    np.testing.assert_allclose([g["score"] for g in got], [e["score"] for e in expected], atol=1e-4)
+    assert_scores_close([g["score"] for g in got], [e["score"] for e in expected])  # micro-batched: float32 rounding
     assert [g["score"] for g in got] == sorted((g["score"] for g in got), reverse=True)
     plain = server.post("/rerank", json={"query": INSTR[0], "texts": RESP}).json()
     assert all(set(x) == {"index", "score"} for x in plain)
@@ -154,8 +155,8 @@ def test_v1_rerank_cohere_jina_shape(server, scorer):
     expected = scorer.rank(INSTR[2], texts, top_k=2)
     assert [x["index"] for x in body["results"]] == [e["index"] for e in expected]
     assert [x["document"] for x in body["results"]] == [{"text": e["text"]} for e in expected]
-    np.testing.assert_allclose(
-        [x["relevance_score"] for x in body["results"]], [e["score"] for e in expected], atol=1e-4
+    assert_scores_close(  # micro-batched: float32 rounding
+        [x["relevance_score"] for x in body["results"]], [e["score"] for e in expected]
     )
     assert body["model"] == "tiny-bert"
     tokens = sum(len(x) for x in scorer.encode([INSTR[2]] * 4, texts)["input_ids"])
@@ -228,7 +229,7 @@ def test_odd_but_valid_text_is_scored(server, scorer):
     odd = ["", "\x00\x01 nul", "🙂 émoji ✓ 中文", "a" * 5000, "<script>alert(1)</script>"]
     r = server.post("/score", json=pairs_body(["q"] * len(odd), odd))
     assert r.status_code == 200, r.text
-    np.testing.assert_allclose(r.json()["scores"], scorer.score(["q"] * len(odd), odd), atol=1e-4)
+    assert_scores_close(r.json()["scores"], scorer.score(["q"] * len(odd), odd))  # micro-batched: float32 rounding
 
 
 def test_too_large_body_is_413(server):
@@ -313,7 +314,7 @@ def test_concurrent_requests_share_one_model_call(fresh_scorer, scorer):
             assert r.status_code == 200
             instr = [p["instruction"] for p in body["pairs"]]
             resp = [p["response"] for p in body["pairs"]]
-            np.testing.assert_allclose(r.json()["scores"], scorer.score(instr, resp), atol=1e-4)
+            assert_scores_close(r.json()["scores"], scorer.score(instr, resp))  # micro-batched: float32 rounding
         assert gate.calls == [1, 24]  # the 12 queued requests went through the model together
         s = stats(base)
         assert s["batches"] == 2 and s["largest_batch"] == 24 and s["pairs"] == 25
@@ -359,7 +360,7 @@ def test_cancelled_request_is_withdrawn_without_disturbing_others(fresh_scorer, 
         wait_for(lambda: stats(base)["disconnected"] == 1, what="the server to notice the disconnect")
         gate.release.set()
         assert w.result().status_code == 200
-        np.testing.assert_allclose(b.result().json()["scores"], scorer.score(INSTR[:2], RESP[:2]), atol=1e-4)
+        assert_scores_close(b.result().json()["scores"], scorer.score(INSTR[:2], RESP[:2]))  # micro-batched
         ranked = c.result().json()
         assert [x["index"] for x in ranked] == [x["index"] for x in scorer.rank(INSTR[1], RESP)]
         s = stats(base)
@@ -391,7 +392,7 @@ def test_graceful_shutdown_finishes_accepted_requests(fresh_scorer, scorer):
         for k, fut in enumerate([first, *rest]):
             r = fut.result()
             assert r.status_code == 200
-            assert r.json()["scores"] == pytest.approx([float(scorer.score(INSTR[k], RESP[k]))], abs=1e-4)
+            assert_scores_close(r.json()["scores"], [scorer.score(INSTR[k], RESP[k])])  # micro-batched
     assert app.state.batcher.stats["pairs"] == 3
 
 
@@ -442,7 +443,7 @@ def test_best_of_n_scores_every_candidate_and_picks_the_best(scorer):
         assert [x["decoding"] for x in body["candidates"]] == ["sample"] * 5
         assert [x.get("logprob_sum") for x in body["candidates"]] == [-0.0, -0.5, None, -1.5, -2.0]  # NaN dropped
         offline = scorer.score([prompt] * 5, texts)
-        np.testing.assert_allclose([x["score"] for x in body["candidates"]], offline, atol=1e-4)
+        assert_scores_close([x["score"] for x in body["candidates"]], offline)  # micro-batched: float32 rounding
         assert body["chosen"] == body["candidates"][int(np.argmax(offline))]
         assert body["generator"] == "tiny" and c.get("/info").json()["generator"] == "tiny"
 
@@ -480,7 +481,7 @@ def test_batcher_respects_max_batch_and_order(scorer):
 
     jobs, results = asyncio.run(main())
     for (i, r), got in zip(jobs, results):
-        np.testing.assert_allclose(got, scorer.score(i, r), atol=1e-4)
+        assert_scores_close(got, scorer.score(i, r))  # micro-batched: float32 rounding
     assert sum(calls) == 19
     # two-pair jobs pack two to a call (5 would overflow); the 7-pair job goes alone, not split
     assert calls == [4, 4, 4, 7]
@@ -504,8 +505,8 @@ def test_batcher_error_reaches_only_its_batch_and_work_continues(scorer):
 
     bad, good, after = asyncio.run(main())
     assert isinstance(bad, RuntimeError) and str(bad) == "model failed"
-    np.testing.assert_allclose(good, scorer.score(["q"], ["fine"]), atol=1e-4)
-    np.testing.assert_allclose(after, scorer.score(["q"], ["fine again"]), atol=1e-4)
+    assert_scores_close(good, scorer.score(["q"], ["fine"]))  # micro-batched: float32 rounding
+    assert_scores_close(after, scorer.score(["q"], ["fine again"]))  # micro-batched: float32 rounding
 
 
 def test_batcher_close_drains_queue_and_bounds_it(scorer):
@@ -522,7 +523,7 @@ def test_batcher_close_drains_queue_and_bounds_it(scorer):
 
     results, s = asyncio.run(main())
     for k, got in enumerate(results):
-        np.testing.assert_allclose(got, [scorer.score(INSTR[k], RESP[k])], atol=1e-4)
+        assert_scores_close(got, [scorer.score(INSTR[k], RESP[k])])  # micro-batched: float32 rounding
     assert s["rejected"] == 1 and s["pairs"] == 3
 
 
@@ -565,7 +566,7 @@ def test_cli_serve_end_to_end(tiny_model_dir, scorer):
         key = {"Authorization": "Bearer k3y"}
         assert httpx.post(f"{base}/score", json=pairs_body(INSTR[:1], RESP[:1])).status_code == 401
         r = httpx.post(f"{base}/score", json=pairs_body(INSTR, RESP[:3]), headers=key)
-        np.testing.assert_allclose(r.json()["scores"], scorer.score(INSTR, RESP[:3]), atol=1e-4)
+        assert_scores_close(r.json()["scores"], scorer.score(INSTR, RESP[:3]))  # micro-batched: float32 rounding
         assert httpx.post(f"{base}/score", json=pairs_body(INSTR * 2, RESP), headers=key).status_code == 413
         info = httpx.get(f"{base}/info", headers=key).json()
         assert info["model"] == str(tiny_model_dir("bert"))
@@ -631,8 +632,8 @@ def test_cli_serve_best_of_n_with_llamacpp_gemma(tiny_model_dir, scorer):
         body = r.json()
         assert [c["decoding"] for c in body["candidates"]] == ["greedy", "temp0.9", "temp0.9"]
         texts = [c["text"] for c in body["candidates"]]
-        np.testing.assert_allclose(
-            [c["score"] for c in body["candidates"]], scorer.score([prompt] * 3, texts), atol=1e-4
+        assert_scores_close(  # micro-batched: float32 rounding
+            [c["score"] for c in body["candidates"]], scorer.score([prompt] * 3, texts)
         )
         assert body["chosen"] == max(body["candidates"], key=lambda c: c["score"])
         assert body["generator"].startswith("llamacpp:")

@@ -101,7 +101,8 @@ def test_lr_schedule_counts_optimizer_updates_not_micro_steps(tmp_path, tiny_mod
     assert [m["pairs"] for m in logs] == [16 * u for u in range(1, 11)]
     lrs = [m["lr"] for m in logs]
     expected = [1e-3 * lr_factor(u, 10, 2) for u in range(10)]
-    np.testing.assert_allclose(lrs, expected, rtol=1e-9)
+    np.testing.assert_allclose(lrs, expected, rtol=1e-9)  # one float64 formula, JSON round-trips it: ulps at most
+    # float64 ratios of small integers: approx's default rel 1e-6 is far above their rounding
     assert lrs[1] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-3 / 8)  # warmed up, then decayed
     assert lr_factor(0, 100, 10) == pytest.approx(0.1) and lr_factor(99, 100, 10) == pytest.approx(1 / 90)
 
@@ -121,12 +122,13 @@ def test_training_learns_keeps_best_and_writes_a_cappy_checkpoint(tmp_path, tiny
     assert [m["update"] for m in evals] == list(range(8, total, 8)) + [total]
     best = min(evals, key=lambda m: m["dev_mse"])
     assert best["dev_mse"] < 0.5 * before["dev_mse"], (before, best)
-    assert result["best"] == pytest.approx(best["dev_mse"])
+    assert result["best"] == pytest.approx(best["dev_mse"])  # the same float, once through JSON
     # best/ holds the weights of the best evaluation; rescoring the dev file reproduces its numbers.
     scorer = Cappy.from_pretrained(out / "best", device="cpu")
     rows = make_rows(12, seed=2)
     scores = scorer.score([r["instruction"] for r in rows], [r["response"] for r in rows])
     labels = np.array([r["label"] for r in rows])
+    # rescored in other batches than the trainer's dev pass: score rounding (SCORE_RTOL) carried into the MSE
     assert float(np.mean((scores - labels) ** 2)) == pytest.approx(best["dev_mse"], rel=1e-4)
     acc, n = pairwise_accuracy([r["instruction"] for r in rows], labels, scores)
     assert n == 12 * 5 and acc == pytest.approx(best["dev_pairwise_accuracy"])
@@ -135,7 +137,8 @@ def test_training_learns_keeps_best_and_writes_a_cappy_checkpoint(tmp_path, tiny
     assert len(config["id2label"]) == 1 and config["problem_type"] == "regression"
     assert config["cappy"]["max_length"] == 64
     final = Cappy.from_pretrained(out, device="cpu").score(rows[0]["instruction"], rows[0]["response"])
-    assert final == pytest.approx(float(trainer.scorer.score(rows[0]["instruction"], rows[0]["response"])), abs=1e-5)
+    # the same float32 weights after a save and load, the same single pair: exact
+    assert final == float(trainer.scorer.score(rows[0]["instruction"], rows[0]["response"]))
     assert (out / "training_state" / "latest").read_text().strip() == f"step-{total:08d}"
 
 
@@ -157,6 +160,7 @@ def test_encoder_checkpoint_gets_a_fresh_regression_head(tmp_path, tiny_model_di
     assert weights["classifier.weight"].shape == (1, 32)
     before = encoder.embeddings.word_embeddings.weight.detach()
     after = weights["bert.embeddings.word_embeddings.weight"]
+    # 8 updates at lr 1e-6 move a weight by at most ~8e-6 (Adam steps are ~lr); a re-initialisation moves it by ~0.5
     assert torch.allclose(before, after, atol=1e-4), "the encoder weights must be loaded, not re-initialised"
     assert json.loads((out / "config.json").read_text())["problem_type"] == "regression"
 
@@ -168,8 +172,9 @@ def test_rank_term_matches_softmax_cross_entropy():
     got = _rank_term(scores, labels, instr)
     target = torch.tensor([2 / 3, 0.0, 1 / 3])
     want = -3 * (target * torch.log_softmax(scores[:3].detach(), 0)).sum()
-    assert float(got.detach()) == pytest.approx(float(want))
+    assert float(got.detach()) == pytest.approx(float(want))  # the same float32 formula, rel 1e-6 = a few ulps
     got.backward()
+    # softmax gradients sum to 0 exactly in real arithmetic; float32 leaves a few ulps of values of order 1
     assert torch.all(scores.grad[3:] == 0) and float(scores.grad[:3].sum()) == pytest.approx(0.0, abs=1e-6)
 
 
@@ -179,7 +184,7 @@ def test_rank_loss_changes_training_and_groups_batches(tmp_path, tiny_model_dir)
     ranked = train(_cfg(tiny_model_dir("roberta"), data, tmp_path / "b", rank_loss_weight=1.0))
     assert TrainConfig.from_dict({"model": "m", "train": ["x"], "output_dir": "o", "rank_loss_weight": 0.5}).grouped
     assert ranked["updates"] == plain["updates"] == 8
-    assert not math.isclose(ranked["loss"], plain["loss"], rel_tol=1e-3)
+    assert not math.isclose(ranked["loss"], plain["loss"], rel_tol=1e-3)  # rounding is ~1e-6; a real term is >1e-3
 
 
 def test_pairwise_accuracy_counts_ties_half():
@@ -188,7 +193,7 @@ def test_pairwise_accuracy_counts_ties_half():
     scores = np.array([0.9, 0.1, 0.9, 0.2, 0.3])
     acc, n = pairwise_accuracy(instr, labels, scores)
     assert n == 3  # (q0,q1), (q0,q2), (q2,q1); r has equal labels
-    assert acc == pytest.approx((1 + 0.5 + 1) / 3)
+    assert acc == pytest.approx((1 + 0.5 + 1) / 3)  # a float64 ratio of counts: exact up to ulps
 
 
 def test_nan_loss_stops_with_the_update_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir):
@@ -224,6 +229,7 @@ def test_bf16_autocast_on_cpu_trains_and_saves_float32(tmp_path, tiny_model_dir)
     fp32 = train(_cfg(tiny_model_dir("roberta"), data, tmp_path / "fp32"))
     bf16 = train(_cfg(tiny_model_dir("roberta"), data, tmp_path / "bf16", mixed_precision="bf16"))
     assert math.isfinite(bf16["loss"])
+    # float32 reruns agree to ~1e-6; bf16's 8-bit mantissa moves the loss by ~1e-3, so 1e-5 tells them apart
     assert not math.isclose(bf16["loss"], fp32["loss"], rel_tol=1e-5), "autocast must be active"
     weights = load_file(tmp_path / "bf16" / "model.safetensors")
     assert all(v.dtype == torch.float32 for v in weights.values())

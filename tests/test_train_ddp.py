@@ -10,7 +10,6 @@ import subprocess
 import sys
 from collections import defaultdict
 
-import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -18,6 +17,7 @@ from safetensors.torch import load_file
 from cappy import Cappy
 from cappy.train import TrainConfig, train
 from test_train_data import make_rows, write_shards
+from tolerances import adam_drift_bound, assert_scores_close
 
 
 def _free_port() -> int:
@@ -91,17 +91,20 @@ def test_two_gloo_processes_match_one(tmp_path, tiny_model_dir):
     assert w1.keys() == w2.keys()
     # Attention key biases cannot change any output (softmax is shift-invariant per query), so their true gradient
     # is 0 and what autograd returns is rounding noise, which Adam scales up to steps of about +-lr. They are
-    # compared by that bound; every other weight within 1e-5, and the scores the two models give match too.
+    # compared by that bound; every other weight by the drift that rounding of the gradients allows (the same
+    # gradients summed over micro-batches in one process or all-reduced over two).
     inert = [k for k in w1 if k.endswith("attention.self.key.bias")]
     assert len(inert) == 2
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1 if k not in inert)
-    assert worst <= 1e-5, worst
+    assert worst <= adam_drift_bound(cfg["lr"], one["updates"]), worst
     assert all(float((w1[k] - w2[k]).abs().max()) <= 2 * cfg["lr"] * one["updates"] for k in inert)
     rows = make_rows(6, seed=10)
     instr, resp = [r["instruction"] for r in rows], [r["response"] for r in rows]
     s1 = Cappy.from_pretrained(tmp_path / "one", device="cpu").score(instr, resp)
     s2 = Cappy.from_pretrained(two_dir, device="cpu").score(instr, resp)
-    np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-5)
+    # weights within that drift (~1e-5) move a tiny model's score (a product of 2 layers of weights of ~0.5) by
+    # well under 1e-3 of its scale; training on other data, or without the all-reduce, moves it by ~1e-1
+    assert_scores_close(s1, s2, rtol=1e-3)
     start = load_file(tiny_model_dir("bert") / "model.safetensors")
     assert float((start["classifier.weight"] - w2["classifier.weight"]).abs().max()) > 1e-4, "weights must move"
 
@@ -114,6 +117,7 @@ def test_two_gloo_processes_match_one(tmp_path, tiny_model_dir):
     logs2 = [json.loads(x) for x in (two_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["update"] for m in logs1] == [m["update"] for m in logs2] == list(range(1, one["updates"] + 1))
     for a, b in zip(logs1, logs2):
+        # a loss is a sum of float32 squared errors over 8 pairs from weights within the drift above
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(a["loss"]))
     single = _rows_per_update([tmp_path / "one" / "data_trace" / "rank-0.json"])
     rank0 = _rows_per_update([two_dir / "data_trace" / "rank-0.json"])
