@@ -206,6 +206,9 @@ def test_cli_eval_mc_writes_results_report_plots_and_merges(tiny_model_dir, tmp_
     assert set(res["methods"]["cappy"]["per_task"]) == {"super_glue/rte", "super_glue/cb"}
     assert res["command"].startswith("cappy eval mc") and res["sample"]["seed"] == 0
     assert res["models"]["cappy"]["sha256"] and res["tasks"]["super_glue/rte"]["sha256"]
+    from cappy.model import cpu_has_native_bf16
+
+    assert res["models"]["cappy"]["precision"] == ("bfloat16-autocast" if cpu_has_native_bf16() else "float32")
     assert "| **Mean** |" in (out / "report.md").read_text()
     assert (out / "per_task.png").stat().st_size > 1000 and (out / "headline.png").exists()
     assert sum(1 for _ in open(out / "predictions.jsonl")) == res["sample"]["n_prompts"]

@@ -297,3 +297,18 @@ def test_checkpoint_records_training_tasks_and_guard_refuses(tiny_model_dir, tmp
     train(_cfg(out, data2, tmp_path / "run2", num_pairs=32))
     rec2 = json.loads((tmp_path / "run2" / "training_data.json").read_text())
     assert rec2["tasks"] == ["glue/sst2", "super_glue/rte"]
+
+
+def test_mixed_precision_auto_follows_the_cpu(tmp_path, tiny_model_dir, monkeypatch):
+    from cappy.train.loop import resolve_mixed_precision
+
+    data = write_jsonl(tmp_path / "p.jsonl", make_rows(4))
+    monkeypatch.setenv("CAPPY_CPU_BF16", "1")
+    assert (
+        train(_cfg(tiny_model_dir("bert"), data, tmp_path / "a", mixed_precision="auto"))["mixed_precision"] == "bf16"
+    )
+    monkeypatch.setenv("CAPPY_CPU_BF16", "0")
+    assert train(_cfg(tiny_model_dir("bert"), data, tmp_path / "b", mixed_precision="auto"))["mixed_precision"] == "no"
+    # an explicit setting is never changed by the detection
+    monkeypatch.setenv("CAPPY_CPU_BF16", "1")
+    assert resolve_mixed_precision("no", cpu=True) == "no" and resolve_mixed_precision("bf16", cpu=True) == "bf16"

@@ -7,6 +7,8 @@ regression output of a one-label sequence-classification model (no sigmoid).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,6 +35,12 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+#: Names that ask for float32 weights under autocast to a lower precision (what "auto" picks on CPUs with native bf16).
+AUTOCAST_DTYPES = {"bf16-autocast": torch.bfloat16, "bfloat16-autocast": torch.bfloat16}
+#: Set to 1 or 0 to override the detection of native bfloat16 on the CPU.
+CPU_BF16_ENV = "CAPPY_CPU_BF16"
+# CPU flags (Linux /proc/cpuinfo names) of native bfloat16 arithmetic: AVX512-BF16 dot products, AMX tiles.
+_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 # Models whose position ids start after the padding index, so two positions are not usable.
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"}
 # Pairs tokenized at a time; sorting by length happens within a chunk so memory stays bounded.
@@ -63,8 +71,55 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype == "auto":
         return None
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(set(DTYPES))} or a torch.dtype, got {dtype!r}")
+        names = sorted({"auto", *DTYPES, *AUTOCAST_DTYPES})
+        raise ValueError(f"dtype must be one of {names} or a torch.dtype, got {dtype!r}")
     return DTYPES[dtype]
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags to read, so no native bf16 is assumed
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16), read from its flags.
+
+    Without them bf16 is emulated and slower than float32, so "auto" keeps float32 there. ``CAPPY_CPU_BF16=1`` or
+    ``=0`` overrides the detection. Example: ``cpu_has_native_bf16()`` -> False on an AMD EPYC without avx512_bf16
+    """
+    forced = os.environ.get(CPU_BF16_ENV)
+    if forced is not None and forced.strip() != "":
+        if forced.strip() not in ("0", "1"):
+            raise ValueError(f"{CPU_BF16_ENV} must be 0 or 1, got {forced!r}")
+        return forced.strip() == "1"
+    return bool(_cpu_flags() & _BF16_FLAGS)
+
+
+def resolve_precision(
+    dtype: str | torch.dtype | None, device: str | torch.device | None
+) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """``(weight dtype, autocast dtype)`` for a requested ``dtype`` on ``device``; None means "leave as is".
+
+    "auto" (or None): on a CPU, float32 weights under bfloat16 autocast where the CPU has native bf16, plain float32
+    elsewhere; on a GPU, the checkpoint's dtype. "bf16-autocast" forces autocast over float32 weights; "float32",
+    "bfloat16" and "float16" cast the weights and use no autocast.
+    Example: ``resolve_precision("auto", "cpu")`` -> ``(torch.float32, None)`` on a CPU without native bf16
+    """
+    dev = resolve_device(device)
+    if dtype is None or dtype == "auto":
+        if dev.type == "cpu":
+            return torch.float32, (torch.bfloat16 if cpu_has_native_bf16() else None)
+        return None, None
+    if isinstance(dtype, str) and dtype in AUTOCAST_DTYPES:
+        return torch.float32, AUTOCAST_DTYPES[dtype]
+    return resolve_dtype(dtype), None
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
@@ -146,6 +201,7 @@ class Cappy:
         max_tokens_per_batch: int = 16384,
         device: str | torch.device | None = None,
         name_or_path: str | None = None,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         if getattr(model.config, "num_labels", 1) != 1:
             raise ValueError(
@@ -163,6 +219,7 @@ class Cappy:
         self.batch_size = batch_size
         self.max_tokens_per_batch = max_tokens_per_batch
         self.name_or_path = name_or_path or getattr(model.config, "_name_or_path", None)
+        self.autocast_dtype = autocast_dtype
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -170,7 +227,7 @@ class Cappy:
         cls,
         name_or_path: str | os.PathLike,
         device: str | torch.device | None = "auto",
-        dtype: str | torch.dtype | None = None,
+        dtype: str | torch.dtype | None = "auto",
         max_length: int | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
@@ -180,10 +237,12 @@ class Cappy:
     ) -> Cappy:
         """Load any one-output sequence-classification checkpoint (RoBERTa, BERT/MiniLM, DeBERTa-v2, ...).
 
+        ``dtype="auto"`` computes in bfloat16 autocast over float32 weights on CPUs with native bf16, in float32 on
+        other CPUs, and in the checkpoint's dtype on GPUs (see :func:`resolve_precision`).
         Example: ``Cappy.from_pretrained("btan2/cappy-large", device="cuda", dtype="bfloat16")``
         """
         path = resolve_model_path(name_or_path)
-        torch_dtype = resolve_dtype(dtype)
+        torch_dtype, autocast_dtype = resolve_precision(dtype, device)
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
         except OSError as err:
@@ -197,8 +256,6 @@ class Cappy:
                 "a Cappy scorer needs a one-output regression head"
             )
         kwargs: dict[str, Any] = dict(model_kwargs)
-        if torch_dtype is None and resolve_device(device).type == "cpu":
-            torch_dtype = torch.float32  # half-precision checkpoints (e.g. the embedded one) run slowly on CPUs
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -215,7 +272,18 @@ class Cappy:
             max_tokens_per_batch=max_tokens_per_batch,
             device=device,
             name_or_path=str(name_or_path),
+            autocast_dtype=autocast_dtype,
         )
+
+    @property
+    def precision(self) -> str:
+        """What scoring computes in: "float32", "bfloat16-autocast" (float32 weights), "bfloat16" or "float16".
+
+        Example: ``Cappy.from_pretrained("cappy-mini", device="cpu", dtype="float32").precision`` -> "float32"
+        """
+        if self.autocast_dtype is not None:
+            return f"{str(self.autocast_dtype).replace('torch.', '')}-autocast"
+        return str(next(self.model.parameters()).dtype).replace("torch.", "")
 
     def save_pretrained(self, save_directory: str | os.PathLike, model_card: str | None = None) -> Path:
         """Write a Hugging Face checkpoint that transformers and sentence-transformers read as a raw-score regressor.
@@ -351,7 +419,12 @@ class Cappy:
         return {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        logits = self.model(**batch).logits
+        if self.autocast_dtype is None:
+            cast = contextlib.nullcontext()
+        else:
+            cast = torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        with cast:
+            logits = self.model(**batch).logits
         return logits.reshape(-1).float().cpu().numpy()
 
     def _score_chunk(self, instructions: list[str], responses: list[str], out: np.ndarray, pbar: Any) -> None:
@@ -451,5 +524,5 @@ class Cappy:
         n = sum(p.numel() for p in self.model.parameters())
         return (
             f"Cappy({self.name_or_path!r}, {type(self.model).__name__}, {n / 1e6:.1f}M params, "
-            f"device={self.device}, max_length={self.max_length})"
+            f"device={self.device}, precision={self.precision}, max_length={self.max_length})"
         )

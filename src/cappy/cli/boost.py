@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="cappy-mini", help="the Cappy scorer: checkpoint dir, embedded name or hub id")
     p.add_argument("--scorer-device", default="auto")
     p.add_argument(
+        "--scorer-dtype",
+        default="auto",
+        help="auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)",
+    )
+    p.add_argument(
         "--strategy",
         action="append",
         default=None,
@@ -118,7 +123,7 @@ def run_boost(args: argparse.Namespace) -> int:
     if "cappy" in strategies:
         from cappy.model import Cappy
 
-        scorer = Cappy.from_pretrained(args.model, device=args.scorer_device)
+        scorer = Cappy.from_pretrained(args.model, device=args.scorer_device, dtype=args.scorer_dtype)
     results = boost_candidates(
         prompts, candidates, scorer, strategies, references, seed=args.seed, show_progress=not args.no_progress
     )

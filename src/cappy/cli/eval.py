@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     mc.add_argument("--llm-cache", default=None, help="log-likelihood cache (default: OUT/loglik_cache.jsonl)")
     mc.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
     mc.add_argument("--device", default="auto")
+    mc.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)",
+    )
     mc.add_argument("--out", required=False, default=None, help="output folder")
     mc.add_argument("--no-progress", action="store_true")
     mc.add_argument("--no-plots", action="store_true")
@@ -49,6 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--adapt-scale", type=float, default=0.04, help="fraction of the preset's 102,400 pairs (CPU: ~0.04)"
     )
     bb.add_argument("--adapt-override", action="append", default=[], help="KEY=VALUE for the adaptation config")
+    bb.add_argument(
+        "--scorer-dtype",
+        default="auto",
+        help="auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)",
+    )
     bb.add_argument("--out", required=True, help="output folder")
     bb.add_argument("--no-progress", action="store_true")
     bb.add_argument("--no-plots", action="store_true")
@@ -112,8 +122,13 @@ def run_mc(args: argparse.Namespace) -> int:
             check_contamination(
                 path if Path(path).is_dir() else None, [(t.name, t.key, file_sha256(t.path)) for t in tasks]
             )
-        scorer = Cappy.from_pretrained(path, device=args.device)
-        meta["models"]["cappy"] = {"name": args.model, "path": path, "sha256": _weights_sha(path)}
+        scorer = Cappy.from_pretrained(path, device=args.device, dtype=args.dtype)
+        meta["models"]["cappy"] = {
+            "name": args.model,
+            "path": path,
+            "sha256": _weights_sha(path),
+            "precision": scorer.precision,
+        }
     if any(m.startswith("llm_") for m in methods):
         loglik = make_loglik(args.llm, Path(args.llm_cache or out / "loglik_cache.jsonl"), args.threads)
         meta["models"]["llm"] = {"spec": args.llm, "model_id": loglik.model_id}
@@ -207,8 +222,13 @@ def run_bigbench(args: argparse.Namespace) -> int:
             check_contamination(
                 path if Path(path).is_dir() else None, [(t.name, f"bigbench/{t.name}", None) for t in tasks]
             )
-        scorers["cappy"] = Cappy.from_pretrained(path, device=args.device)
-        meta["models"]["cappy"] = {"name": args.model, "path": path, "sha256": _weights_sha(path)}
+        scorers["cappy"] = Cappy.from_pretrained(path, device=args.device, dtype=args.scorer_dtype)
+        meta["models"]["cappy"] = {
+            "name": args.model,
+            "path": path,
+            "sha256": _weights_sha(path),
+            "precision": scorers["cappy"].precision,
+        }
         if args.adapt:
             overrides = {}
             for kv in args.adapt_override:
@@ -285,4 +305,4 @@ def adapt_scorer(
         Cappy.from_pretrained(src, device="cpu").save_pretrained(best)
         if (src / "training_data.json").is_file():
             shutil.copy(src / "training_data.json", best / "training_data.json")
-    return Cappy.from_pretrained(best, device=args.device)
+    return Cappy.from_pretrained(best, device=args.device, dtype=args.scorer_dtype)

@@ -16,7 +16,11 @@ _ROWS_PER_CHUNK = 2048
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory, embedded name or hub id")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)",
+    )
     p.add_argument("--max-length", type=int, default=None, help="max tokens per pair (default: the checkpoint's, 512)")
     p.add_argument("--batch-size", type=int, default=64, help="max pairs per forward pass")
     p.add_argument("--input", default="-", help="JSONL file, or - for stdin")

@@ -455,6 +455,7 @@ def create_app(
             "architecture": (getattr(mcfg, "architectures", None) or [type(scorer.model).__name__])[0],
             "device": str(scorer.device),
             "dtype": str(next(scorer.model.parameters()).dtype).replace("torch.", ""),
+            "precision": scorer.precision,
             "max_input_length": scorer.max_length,
             "max_batch": config.max_batch_pairs,
             "forward_batch": {"max_pairs": scorer.batch_size, "max_tokens": scorer.max_tokens_per_batch},

@@ -72,7 +72,8 @@ class TrainConfig:
     """Pad every batch to max_length (the released code's way; only for comparisons)."""
 
     mixed_precision: str = "auto"
-    """no, bf16, fp16, or auto (bf16 where the GPU supports it, else fp32)."""
+    """no, bf16, fp16, or auto: bf16 autocast on CPUs with native bf16 (AVX512-BF16, AMX) and on GPUs that support
+    it, else fp32 (detected at run time: machines differ)."""
     device: str = "auto"
     save_every: int = 500
     """Write training_state/ every N optimizer updates (0: only at the end)."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from cappy.io import atomic_write, dumps
+from cappy.model import cpu_has_native_bf16
 from cappy.train.config import TrainConfig, resolve_base_model
 from cappy.train.data import Pairs, PairSource, Plan, read_dev
 from cappy.train.record import build_record, write_record
@@ -38,6 +39,19 @@ def lr_factor(update: int, total: int, warmup: int) -> float:
     if update < warmup:
         return (update + 1) / warmup
     return max(0.0, (total - update) / max(1, total - warmup))
+
+
+def resolve_mixed_precision(mixed_precision: str, cpu: bool) -> str:
+    """The accelerate setting for ``mixed_precision``: "auto" is bf16 on CPUs with native bf16 and on GPUs that
+    support it, else "no"; any other value is returned as given.
+
+    Example: ``resolve_mixed_precision("auto", cpu=True)`` -> "no" on a CPU without avx512_bf16 or AMX
+    """
+    if mixed_precision != "auto":
+        return mixed_precision
+    if cpu:
+        return "bf16" if cpu_has_native_bf16() else "no"
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 def pairwise_accuracy(instructions: list[str], labels: np.ndarray, scores: np.ndarray) -> tuple[float, int]:
@@ -142,9 +156,6 @@ class Trainer:
             import transformers
 
             transformers.utils.logging.disable_progress_bar()
-        mp = cfg.mixed_precision
-        if mp == "auto":
-            mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         if cfg.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"config: device must be auto, cpu or cuda, got {cfg.device!r}")
         if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -157,6 +168,8 @@ class Trainer:
         # accelerate without cpu=True on a machine without CUDA ignores a multi-process launch (every process would
         # train alone on all the data), so "auto" means cpu=True there.
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        mp = resolve_mixed_precision(cfg.mixed_precision, cpu)
+        logger.info("mixed precision: %s (config: %s)", mp, cfg.mixed_precision)
         self.accelerator = acc = Accelerator(mixed_precision=mp, cpu=cpu)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if acc.num_processes != launched:
@@ -501,7 +514,13 @@ class Trainer:
             with atomic_write(trace_dir / f"rank-{self.rank}.json") as f:
                 f.write(json.dumps(self.trace))
         acc.wait_for_everyone()
-        return {**last, "updates": self.update, "total_updates": self.total_updates, "best": self.best}
+        return {
+            **last,
+            "updates": self.update,
+            "total_updates": self.total_updates,
+            "best": self.best,
+            "mixed_precision": acc.mixed_precision,
+        }
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
