@@ -1,9 +1,11 @@
-"""N samples per prompt on Gemma 3 270M (llama.cpp): one shared prompt evaluation vs N cold calls.
+"""N samples per prompt on Gemma 3 270M (llama.cpp): the N samples decoded together vs N cold calls.
 
-Old way: every sample evaluates the prompt from scratch (what N independent completion calls cost).
-New way: the prompt is evaluated once and each sample rolls the KV cache back to its end.
-Both run the same recipe on the same real BIG-Bench inputs in one process, alternating, and must produce the
-same candidates (same seeds). The last line is ``speedup_shared_prompt=<x>``.
+Old way: every sample evaluates the prompt from scratch and decodes alone (what N independent completion calls
+cost). Middle (v1): the prompt is evaluated once and each sample rolls the KV cache back to its end, decoding alone;
+it must give the old way's candidates exactly. New way (the default): the prompt is evaluated once and the N
+samples decode together, one batch per step (llama.cpp multi-sequence batches); its candidates differ only by the
+rounding of batched kernels. All three run the same recipe on the same real BIG-Bench inputs in one process,
+prompt by prompt, alternating. The last line is ``speedup_shared_prompt=<old / new>``.
 
 Example: ``python benchmarks/generate_throughput.py --prompts 4 --recipe paper17 --max-new-tokens 16``
 """
@@ -47,34 +49,43 @@ def main() -> None:
         recipe = dataclasses.replace(recipe, max_new_tokens=args.max_new_tokens)
     prompts = bigbench_prompts(args.tasks.split(","), args.prompts)
     old = LlamaCppGenerator(share_prompt=False, n_threads=args.n_threads, n_ctx=1024)
-    new = LlamaCppGenerator(share_prompt=True, n_threads=args.n_threads, n_ctx=1024)
+    mid = LlamaCppGenerator(n_parallel=1, n_threads=args.n_threads, n_ctx=1024)
+    new = LlamaCppGenerator(n_threads=args.n_threads, n_ctx=1024)
     prompt_tokens = [len(new._prompt_tokens(p, recipe)) for p in prompts]
     warm = dataclasses.replace(recipe, max_new_tokens=2, min_new_tokens=0)
-    old.generate(prompts[:1], warm)
-    new.generate(prompts[:1], warm)
+    for g in (old, mid, new):
+        g.generate(prompts[:1], warm)
     print(
         f"model={new.model_id} recipe={recipe.name} candidates/prompt={recipe.num_candidates} "
         f"max_new_tokens={recipe.max_new_tokens} prompts={len(prompts)} "
-        f"prompt_tokens(mean)={sum(prompt_tokens) / len(prompts):.0f} threads={args.n_threads}"
+        f"prompt_tokens(mean)={sum(prompt_tokens) / len(prompts):.0f} threads={args.n_threads} "
+        f"n_parallel={new.n_parallel}"
     )
-    t_old = t_new = 0.0
+    t_old = t_mid = t_new = 0.0
+    tok_old = tok_new = 0
     for _ in range(args.repeats):
-        for p in prompts:  # alternate prompt by prompt so that load on the machine hits both ways alike
-            new.llm.reset()  # no reuse from the previous prompt: only within-prompt sharing is measured
+        for p in prompts:  # alternate prompt by prompt so that load on the machine hits the ways alike
+            mid.llm.reset()  # no reuse from the previous prompt: only within-prompt sharing is measured
             t0 = time.perf_counter()
             a = old.generate([p], recipe)[0]
             t1 = time.perf_counter()
-            b = new.generate([p], recipe)[0]
+            m = mid.generate([p], recipe)[0]
             t2 = time.perf_counter()
-            t_old += t1 - t0
-            t_new += t2 - t1
-            if [c.text for c in a] != [c.text for c in b]:
-                raise SystemExit("the two ways produced different candidates")
-    gen_tokens = sum(c.num_tokens for c in b)
+            b = new.generate([p], recipe)[0]
+            t3 = time.perf_counter()
+            t_old, t_mid, t_new = t_old + t1 - t0, t_mid + t2 - t1, t_new + t3 - t2
+            tok_old += sum(c.num_tokens for c in a)
+            tok_new += sum(c.num_tokens for c in b)
+            if [c.text for c in a] != [c.text for c in m]:
+                raise SystemExit("the cold and the shared-prompt ways produced different candidates")
     n = len(prompts) * args.repeats
-    print(f"old (N cold prompt evaluations): {t_old:.2f}s, {n / t_old:.3f} prompts/s")
-    print(f"new (one shared prompt evaluation): {t_new:.2f}s, {n / t_new:.3f} prompts/s")
-    print(f"generated tokens, last prompt: {gen_tokens}; identical candidates: yes")
+    print(f"old (N cold calls): {t_old:.2f}s, {n / t_old:.3f} prompts/s, {tok_old / t_old:.1f} tokens/s")
+    print(f"v1 (one prompt evaluation, samples one by one): {t_mid:.2f}s, {n / t_mid:.3f} prompts/s")
+    print(
+        f"new (one prompt evaluation, samples in one batch): {t_new:.2f}s, {n / t_new:.3f} prompts/s, "
+        f"{tok_new / t_new:.1f} tokens/s"
+    )
+    print(f"speedup_vs_v1={t_mid / t_new:.2f}")
     print(f"speedup_shared_prompt={t_old / t_new:.2f}")
 
 

@@ -32,6 +32,8 @@ class Scripted:
         self.delay = delay
         self.bodies: list[dict] = []
         self.paths: list[str] = []
+        self.active = self.peak = 0  # requests being answered now, and the most at once
+        self._lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,8 +45,13 @@ class Scripted:
                 outer.bodies.append(body)
                 outer.paths.append(self.path)
                 status = outer.script.pop(0) if outer.script else 200
+                with outer._lock:
+                    outer.active += 1
+                    outer.peak = max(outer.peak, outer.active)
                 if outer.delay:
                     time.sleep(outer.delay)
+                with outer._lock:
+                    outer.active -= 1
                 if status != 200:
                     payload = json.dumps({"error": {"message": f"scripted {status}"}}).encode()
                     self.send_response(status)
@@ -149,6 +156,25 @@ def test_fewer_choices_fall_back_to_parallel_requests_with_distinct_seeds(script
     assert len(gen.generate(["q"], RECIPE)[0]) == 4
     assert sorted(b["n"] for b in srv.bodies) == [1, 1, 1, 1]
     gen.close()
+
+
+def test_parallel_keeps_k_requests_in_flight_across_prompts(scripted):
+    server = scripted(delay=0.3)
+    gen = _gen(server.url, concurrency=4)
+    prompts = [f"prompt {i}" for i in range(6)]  # 2 requests each (one per decoding): 12 in all
+    t0 = time.monotonic()
+    out = gen.generate(prompts, RECIPE, seed=1)
+    elapsed = time.monotonic() - t0
+    gen.close()
+    assert [len(c) for c in out] == [4] * 6 and len(server.bodies) == 12
+    # never more than 4 at once, and 4 reached: requests of different prompts overlap
+    assert server.peak == 4, server.peak
+    assert elapsed < 12 * 0.3 / 2  # one prompt at a time (2 in flight) would take 6 x 0.3 s at best
+    # each prompt's candidates are its own (the server names the request's seed in the text), in recipe order
+    seeds = {b["prompt"]: b["seed"] for b in server.bodies if b["temperature"] == 0.0}
+    for prompt, cands in zip(prompts, out):
+        assert [c.decoding for c in cands] == ["greedy", "temp0.9", "temp0.9", "temp0.9"]
+        assert cands[0].text == f"s{seeds[prompt]}-c0"
 
 
 def test_retries_429_and_5xx_then_succeeds(scripted):

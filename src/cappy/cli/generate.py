@@ -30,7 +30,14 @@ def add_backend_args(p: argparse.ArgumentParser, required: bool = True, model_al
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable with the API key")
     g.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request")
     g.add_argument("--max-retries", type=int, default=3, help="openai: retries on 429/5xx/unreachable")
-    g.add_argument("--concurrency", type=int, default=4, help="openai: parallel requests")
+    g.add_argument(
+        "--parallel",
+        "--concurrency",
+        dest="concurrency",
+        type=int,
+        default=None,
+        help="llamacpp: sequences decoded together (default 16); openai: requests in flight (default 4)",
+    )
     g.add_argument("--no-server-extensions", action="store_true", help="openai: send only standard OpenAI fields")
     g.add_argument("--n-threads", type=int, default=None, help="llamacpp: CPU threads")
     g.add_argument("--n-ctx", type=int, default=1024, help="llamacpp: context size")
@@ -43,7 +50,8 @@ def build_generator(args: argparse.Namespace) -> Any:
     if args.backend == "llamacpp":
         from cappy.generate.llamacpp import LlamaCppGenerator
 
-        return LlamaCppGenerator(args.gen_model, n_ctx=args.n_ctx, n_threads=args.n_threads)
+        parallel = {} if args.concurrency is None else {"n_parallel": args.concurrency}
+        return LlamaCppGenerator(args.gen_model, n_ctx=args.n_ctx, n_threads=args.n_threads, **parallel)
     if args.backend == "hf":
         from cappy.generate.hf import HFGenerator
 
@@ -61,7 +69,7 @@ def build_generator(args: argparse.Namespace) -> Any:
         endpoint=args.endpoint,
         timeout=args.timeout,
         max_retries=args.max_retries,
-        concurrency=args.concurrency,
+        concurrency=4 if args.concurrency is None else args.concurrency,
         server_extensions=not args.no_server_extensions,
     )
 

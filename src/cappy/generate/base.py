@@ -257,6 +257,8 @@ class Generator(ABC):
     model_id: str = "unknown"
     #: whether "beam" decodings run as beam search; if not they run greedy, recorded as "greedy"
     supports_beam: bool = False
+    #: how many prompts the backend decodes together (callers that stream prompts pass this many at a time)
+    prompts_in_flight: int = 1
     _warned_beam: bool = False
 
     def plan(self, recipe: Recipe) -> list[Decoding]:
@@ -297,12 +299,30 @@ class Generator(ABC):
         if len(ids) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(ids)} prompt_ids")
         plan = self.plan(recipe)
-        iterator = zip(prompts, ids)
+        items = list(zip(prompts, ids))
+        step = max(1, self.prompts_in_flight)
+        bar = None
         if show_progress:
             from tqdm.auto import tqdm
 
-            iterator = tqdm(iterator, total=len(prompts), desc="generating", unit="prompt")
-        return [self._generate_prompt(p, pid, recipe, plan, seed) for p, pid in iterator]
+            bar = tqdm(total=len(prompts), desc="generating", unit="prompt")
+        out: list[list[Candidate]] = []
+        try:
+            for start in range(0, len(items), step):
+                chunk = items[start : start + step]
+                out += self._generate_many(chunk, recipe, plan, seed)
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    def _generate_many(
+        self, items: list[tuple[str, str]], recipe: Recipe, plan: list[Decoding], seed: int
+    ) -> list[list[Candidate]]:
+        """The candidates of several ``(prompt, prompt id)`` pairs; backends that batch prompts override this."""
+        return [self._generate_prompt(p, pid, recipe, plan, seed) for p, pid in items]
 
     @abstractmethod
     def _generate_prompt(

@@ -198,6 +198,34 @@ def generate_to_cache(
         from tqdm.auto import tqdm
 
         pbar = tqdm(total=total, desc="generating", unit="prompt")
+    step = max(1, int(getattr(generator, "prompts_in_flight", 1)))
+    queue: list[tuple[str, str, set[tuple[str, int]]]] = []
+
+    def flush(f: Any) -> None:
+        """Generate the queued prompts together (the backend may decode them in one batch); append each one's rows."""
+        if not queue:
+            return
+        results = generator.generate([q[0] for q in queue], recipe, seed=seed, prompt_ids=[q[1] for q in queue])
+        for (prompt, pid, missing), cands in zip(queue, results):
+            got = {(c.decoding, c.sample_index) for c in cands}
+            if missing - got:
+                raise GenerationError(
+                    f"{type(generator).__name__} gave no candidate {sorted(missing - got)} for prompt {pid}"
+                )
+            lines = [
+                dumps(candidate_row(pid, prompt, c, model, recipe.name, seed)) + "\n"
+                for c in cands
+                if (c.decoding, c.sample_index) in missing
+            ]
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+            done[pid] |= missing
+            stats.rows_written += len(lines)
+        if pbar is not None:
+            pbar.update(len(queue))
+        queue.clear()
+
     try:
         with open(out, "a", encoding="utf-8") as f:
             for prompt, given_id in prompts:
@@ -206,27 +234,15 @@ def generate_to_cache(
                     raise ValueError(f"prompt id {pid!r} is used for two different prompts")
                 stats.prompts += 1
                 missing = expected - done[pid]
-                if not missing:
+                if not missing or any(q[1] == pid for q in queue):
                     stats.prompts_skipped += 1
-                else:
-                    cands = generator.generate([prompt], recipe, seed=seed, prompt_ids=[pid])[0]
-                    lines = [
-                        dumps(candidate_row(pid, prompt, c, model, recipe.name, seed)) + "\n"
-                        for c in cands
-                        if (c.decoding, c.sample_index) in missing
-                    ]
-                    got = {(c.decoding, c.sample_index) for c in cands}
-                    if missing - got:
-                        raise GenerationError(
-                            f"{type(generator).__name__} gave no candidate {sorted(missing - got)} for prompt {pid}"
-                        )
-                    f.write("".join(lines))
-                    f.flush()
-                    os.fsync(f.fileno())
-                    done[pid] |= missing
-                    stats.rows_written += len(lines)
-                if pbar is not None:
-                    pbar.update(1)
+                    if pbar is not None:
+                        pbar.update(1)
+                    continue
+                queue.append((prompt, pid, missing))
+                if len(queue) >= step:
+                    flush(f)
+            flush(f)
     finally:
         if pbar is not None:
             pbar.close()

@@ -2,16 +2,21 @@
 
 Decoding runs in this module on the model's logits, so every sample records the log-probability of its tokens
 under the model's own distribution without ``logits_all`` (which for Gemma's 262k vocabulary would hold a
-262k-float row per context position). A prompt is evaluated once; each sample then rolls the KV cache back to the
-end of the prompt and decodes from there, so N samples cost one prompt evaluation instead of N. Consecutive
-prompts that share a prefix (few-shot examples) reuse it too. llama.cpp has no beam search here, so "beam"
-decodings run greedy and are recorded as "greedy".
+262k-float row per context position). A prompt is evaluated once. By default (``n_parallel`` > 1) its N samples
+then decode together: each is a sequence of llama.cpp's multi-sequence batch API that shares the prompt's cells
+of a unified KV cache, one ``llama_decode`` per step advances every sequence, and several prompts are in flight at
+once while sequence slots and cache cells allow. With ``n_parallel=1`` each sample rolls the KV cache back to the
+end of the prompt and decodes alone, and consecutive prompts that share a prefix (few-shot examples) reuse it.
+Every sample draws from its own seeded generator, so both ways give the same candidates up to the rounding of
+batched kernels. llama.cpp has no beam search here, so "beam" decodings run greedy and are recorded as "greedy".
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import deque
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -54,10 +59,75 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum())
 
 
+class _Sequence:
+    """One candidate being decoded: the recipe's rules (minimum length, end of generation, stop strings, maximum
+    length) applied to the logits after each of its tokens."""
+
+    def __init__(self, gen: LlamaCppGenerator, d: Decoding, recipe: Recipe, seed: int) -> None:
+        self.gen, self.d, self.recipe = gen, d, recipe
+        self.rng = np.random.default_rng(seed)
+        self.toks: list[int] = []
+        self.lps: list[float] = []
+        self.pieces: list[str] = []
+        self.raw = b""
+        self.text: str | None = None
+
+    def step(self, logits: np.ndarray) -> int | None:
+        """Pick the next token from the logits after the last one; None when the candidate has ended."""
+        gen, recipe = self.gen, self.recipe
+        logp = _log_softmax(logits)
+        masked = logp
+        if len(self.toks) < recipe.min_new_tokens and len(gen.eog):
+            masked = logp.copy()
+            masked[gen.eog] = -np.inf
+        tok = gen._pick(masked, self.d, self.rng)
+        if tok in gen._eog_set:
+            return self._finish()
+        self.toks.append(tok)
+        self.lps.append(float(logp[tok]))
+        if recipe.stop:
+            self.raw += gen.llm.detokenize([tok], prev_tokens=None)
+            text = self.raw.decode("utf-8", errors="ignore")
+            self.pieces.append(text[len("".join(self.pieces)) :])
+            cut = stop_cut(self.pieces, recipe.stop)
+            if cut is not None and cut[1] >= recipe.min_new_tokens:
+                self.toks, self.lps = self.toks[: cut[1]], self.lps[: cut[1]]
+                return self._finish(cut[0])
+        if len(self.toks) == recipe.max_new_tokens:
+            return self._finish()
+        return tok
+
+    def _finish(self, text: str | None = None) -> None:
+        if text is None:
+            text = self.gen.llm.detokenize(self.toks).decode("utf-8", errors="replace")
+        self.text = text
+        return None
+
+    def candidate(self, index: int) -> Candidate:
+        assert self.text is not None, "the sequence has not ended"
+        return Candidate.from_logprobs(self.text.strip(), self.d.name, index, self.lps, len(self.toks))
+
+
+@dataclass
+class _Job:
+    """One prompt of a parallel run: its tokens, its sequences in plan order, those not started yet, and the logits
+    after its prompt once that has been evaluated."""
+
+    tokens: list[int]
+    seqs: list[tuple[_Sequence, int]]  # (sequence, sample index)
+    waiting: deque[_Sequence] = field(default_factory=deque)
+    slots: set[int] = field(default_factory=set)  # sequence slots that hold this prompt now
+    first_logits: np.ndarray | None = None
+
+
 class LlamaCppGenerator(Generator):
     """A GGUF model through llama-cpp-python. ``model_path=None`` uses the packaged Gemma 3 270M.
 
-    ``share_prompt=False`` evaluates the prompt again for every sample (the old way; kept for the benchmark).
+    ``n_parallel`` (default 16) sequences decode together in one batch: the samples of one or more prompts, each in
+    its own slot of ``n_ctx`` KV cells, the prompt evaluated once and copied to the slots of its samples. Slots are
+    separate KV streams, not one unified cache: in a unified cache the attention over interleaved cells rounds
+    differently, and log-probs would depend on the batch. ``n_parallel=1`` decodes one sample at a time;
+    ``share_prompt=False`` (implies it) evaluates the prompt again for every sample (the old way, for the benchmark).
     Example: ``LlamaCppGenerator(n_threads=2).generate(["Q: What is 2+2?\\nA:"], "paper17")``
     """
 
@@ -72,8 +142,11 @@ class LlamaCppGenerator(Generator):
         share_prompt: bool = True,
         model_id: str | None = None,
         verbose: bool = False,
+        n_parallel: int = 16,
         **llama_kwargs: Any,
     ) -> None:
+        if not isinstance(n_parallel, int) or n_parallel < 1:
+            raise ValueError(f"n_parallel must be an int >= 1, got {n_parallel!r}")
         try:
             from llama_cpp import Llama
         except ImportError as err:
@@ -94,6 +167,11 @@ class LlamaCppGenerator(Generator):
             **llama_kwargs,
         )
         self.share_prompt = share_prompt
+        self.n_parallel = n_parallel if share_prompt else 1
+        # enough prompts per call to keep every slot busy while the samples of earlier prompts finish
+        self.prompts_in_flight = 8 if self.n_parallel > 1 else 1
+        self._pctx: Any = None  # the multi-sequence context, made on first use
+        self._pbatch: Any = None
         self.model_id = model_id or path.name
         self.n_ctx = self.llm.n_ctx()
         self.n_vocab = self.llm.n_vocab()
@@ -167,57 +245,148 @@ class LlamaCppGenerator(Generator):
         j = min(j, len(cdf) - 1)
         return int(idx[j]) if idx is not None else j
 
-    def _sample(
-        self, base_len: int, first_logits: np.ndarray, d: Decoding, recipe: Recipe, seed: int
-    ) -> tuple[list[int], list[float], str]:
+    def _decode_alone(self, base_len: int, first_logits: np.ndarray, seq: _Sequence) -> None:
+        """Decode one sample alone from the end of the prompt (the KV cache is rolled back to ``base_len``)."""
         llm = self.llm
-        rng = np.random.default_rng(seed)
-        logits = first_logits
-        toks: list[int] = []
-        lps: list[float] = []
-        pieces: list[str] = []
-        raw = b""
         llm.n_tokens = base_len  # the next eval drops the previous sample's tokens from the KV cache
-        for step in range(recipe.max_new_tokens):
-            logp = _log_softmax(logits)
-            masked = logp
-            if step < recipe.min_new_tokens and len(self.eog):
-                masked = logp.copy()
-                masked[self.eog] = -np.inf
-            tok = self._pick(masked, d, rng)
-            if tok in self._eog_set:
-                break
-            toks.append(tok)
-            lps.append(float(logp[tok]))
-            if recipe.stop:
-                raw += llm.detokenize([tok], prev_tokens=None)
-                text = raw.decode("utf-8", errors="ignore")
-                pieces.append(text[len("".join(pieces)) :])
-                cut = stop_cut(pieces, recipe.stop)
-                if cut is not None and cut[1] >= recipe.min_new_tokens:
-                    return toks[: cut[1]], lps[: cut[1]], cut[0]
-            if step + 1 == recipe.max_new_tokens:
-                break
+        tok = seq.step(first_logits)
+        while tok is not None:
             llm.eval([tok])
-            logits = self._logits()
-        text = llm.detokenize(toks).decode("utf-8", errors="replace")
-        return toks, lps, text
+            tok = seq.step(self._logits())
+
+    def _sequences(
+        self, prompt_id: str, recipe: Recipe, plan: list[Decoding], seed: int
+    ) -> list[tuple[_Sequence, int]]:
+        return [
+            (_Sequence(self, d, recipe, derive_seed(seed, prompt_id, d.name, i)), i) for d in plan for i in range(d.n)
+        ]
 
     def _generate_prompt(
         self, prompt: str, prompt_id: str, recipe: Recipe, plan: list[Decoding], seed: int
     ) -> list[Candidate]:
-        tokens = self._prompt_tokens(prompt, recipe)
-        if len(tokens) + recipe.max_new_tokens > self.n_ctx:
-            raise GenerationError(f"prompt of {len(tokens)} tokens + {recipe.max_new_tokens} new exceeds n_ctx")
-        logits = self._eval_prompt(tokens)
-        out = []
-        for d in plan:
-            for i in range(d.n):
-                if not self.share_prompt and (d is not plan[0] or i > 0):
-                    logits = self._eval_prompt(tokens)
-                toks, lps, text = self._sample(len(tokens), logits, d, recipe, derive_seed(seed, prompt_id, d.name, i))
-                out.append(Candidate.from_logprobs(text.strip(), d.name, i, lps, len(toks)))
-        return out
+        return self._generate_many([(prompt, prompt_id)], recipe, plan, seed)[0]
+
+    def _generate_many(
+        self, items: list[tuple[str, str]], recipe: Recipe, plan: list[Decoding], seed: int
+    ) -> list[list[Candidate]]:
+        jobs = []
+        for prompt, prompt_id in items:
+            tokens = self._prompt_tokens(prompt, recipe)
+            if len(tokens) + recipe.max_new_tokens > self.n_ctx:
+                raise GenerationError(f"prompt of {len(tokens)} tokens + {recipe.max_new_tokens} new exceeds n_ctx")
+            seqs = self._sequences(prompt_id, recipe, plan, seed)
+            jobs.append(_Job(tokens, seqs, deque(seq for seq, _ in seqs)))
+        if self.n_parallel > 1:
+            self._decode_parallel(jobs)
+        else:
+            for job in jobs:
+                logits = self._eval_prompt(job.tokens)
+                for k, (seq, _) in enumerate(job.seqs):
+                    if not self.share_prompt and k > 0:
+                        logits = self._eval_prompt(job.tokens)
+                    self._decode_alone(len(job.tokens), logits, seq)
+        return [[seq.candidate(i) for seq, i in job.seqs] for job in jobs]
+
+    # ------------------------------------------------------------------ parallel decoding
+    def _parallel_context(self) -> tuple[Any, Any]:
+        if self._pctx is None:
+            import ctypes
+
+            import llama_cpp
+            from llama_cpp import _internals
+
+            params = llama_cpp.llama_context_default_params()
+            ctypes.memmove(ctypes.byref(params), ctypes.byref(self.llm.context_params), ctypes.sizeof(params))
+            params.n_ctx = self.n_ctx * self.n_parallel
+            params.n_seq_max = self.n_parallel
+            params.kv_unified = False  # one KV stream per slot: the same arithmetic as decoding alone
+            self._pctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
+            self._pbatch = _internals.LlamaBatch(
+                n_tokens=max(self.n_parallel, self.llm.n_batch), embd=0, n_seq_max=1, verbose=False
+            )
+        return self._pctx, self._pbatch
+
+    def _decode_parallel(self, jobs: list[_Job]) -> None:
+        """Decode every sequence of ``jobs``: one ``llama_decode`` per step advances one token of every live slot."""
+        import llama_cpp
+
+        ctx, batch = self._parallel_context()
+        mem, b = ctx.memory, batch.batch
+        free = list(range(self.n_parallel - 1, -1, -1))
+        pending = deque(jobs)
+        started: list[_Job] = []  # jobs with samples left to start, oldest first
+        live: dict[int, list[Any]] = {}  # slot -> [sequence, job, position, next token]
+
+        def prompt_into(job: _Job, slot: int) -> None:
+            if job.first_logits is None:  # first slot of this prompt: evaluate it
+                for start in range(0, len(job.tokens), self.llm.n_batch):
+                    chunk = job.tokens[start : start + self.llm.n_batch]
+                    b.n_tokens = len(chunk)
+                    for j, t in enumerate(chunk):
+                        b.token[j], b.pos[j], b.n_seq_id[j], b.seq_id[j][0], b.logits[j] = t, start + j, 1, slot, 0
+                    b.logits[len(chunk) - 1] = 1
+                    ctx.decode(batch)
+                self.prompt_evals += len(job.tokens)
+                row = ctx.get_logits_ith(b.n_tokens - 1)
+                job.first_logits = np.ctypeslib.as_array(row, shape=(self.n_vocab,)).astype(np.float32, copy=True)
+            else:  # copy the prompt's cells from a slot that holds it, dropping that slot's own samples
+                src = next(iter(job.slots))
+                llama_cpp.llama_memory_seq_cp(mem, src, slot, -1, -1)
+                llama_cpp.llama_memory_seq_rm(mem, slot, len(job.tokens), -1)
+            job.slots.add(slot)
+
+        def start_next(job: _Job, slot: int) -> None:
+            """Start the job's samples in ``slot`` (which holds its prompt) until one needs decoding."""
+            while job.waiting:
+                seq = job.waiting.popleft()
+                tok = seq.step(job.first_logits)
+                if tok is not None:
+                    live[slot] = [seq, job, len(job.tokens), tok]
+                    return
+            job.slots.discard(slot)
+            llama_cpp.llama_memory_seq_rm(mem, slot, -1, -1)
+            free.append(slot)
+
+        while pending or started or live:
+            while free and (started or pending):
+                job = started[0] if started else pending.popleft()
+                if not started or job is not started[0]:
+                    started.append(job)
+                slot = free.pop()
+                prompt_into(job, slot)
+                start_next(job, slot)
+                if not job.waiting:
+                    started.remove(job)
+            if not live:
+                continue
+            order = sorted(live)
+            b.n_tokens = len(order)
+            for j, slot in enumerate(order):
+                _, _, pos, tok = live[slot]
+                b.token[j], b.pos[j], b.n_seq_id[j], b.seq_id[j][0], b.logits[j] = tok, pos, 1, slot, 1
+            ctx.decode(batch)
+            for j, slot in enumerate(order):
+                entry = live[slot]
+                row = ctx.get_logits_ith(j)
+                tok = entry[0].step(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).astype(np.float32, copy=True))
+                if tok is not None:
+                    entry[2], entry[3] = entry[2] + 1, tok
+                    continue
+                job = entry[1]
+                del live[slot]
+                if job.waiting:  # reuse the slot for the job's next sample: keep the prompt, drop this sample
+                    llama_cpp.llama_memory_seq_rm(mem, slot, len(job.tokens), -1)
+                    start_next(job, slot)
+                    if not job.waiting and job in started:
+                        started.remove(job)
+                else:
+                    job.slots.discard(slot)
+                    llama_cpp.llama_memory_seq_rm(mem, slot, -1, -1)
+                    free.append(slot)
 
     def close(self) -> None:
+        for res in (self._pbatch, self._pctx):
+            if res is not None:
+                res.close()
+        self._pctx = self._pbatch = None
         self.llm.close()

@@ -73,6 +73,9 @@ class OpenAIGenerator(Generator):
         self.extra_body = dict(extra_body or {})
         self.n_supported: bool | None = None  # unknown until a server answers a request with n > 1
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="cappy-openai")
+        # several prompts at once, so the pool keeps `concurrency` requests in flight across prompts (vLLM and the
+        # llama.cpp server batch concurrent requests)
+        self.prompts_in_flight = concurrency
         self._lock = threading.Lock()
         self.requests_sent = 0
 
@@ -214,6 +217,16 @@ class OpenAIGenerator(Generator):
             for i, (text, logprobs, num) in enumerate(got[d.name]):
                 out.append(Candidate.from_logprobs(text, d.name, i, logprobs, num))
         return out
+
+    def _generate_many(
+        self, items: list[tuple[str, str]], recipe: Recipe, plan: list[Decoding], seed: int
+    ) -> list[list[Candidate]]:
+        if len(items) == 1:
+            return [self._generate_prompt(items[0][0], items[0][1], recipe, plan, seed)]
+        # one waiting thread per prompt; the requests themselves all go through the bounded pool
+        with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="cappy-openai-prompt") as prompts:
+            futures = [prompts.submit(self._generate_prompt, p, pid, recipe, plan, seed) for p, pid in items]
+            return [f.result() for f in futures]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
