@@ -173,7 +173,7 @@ def test_dtype_bfloat16_close_to_float32(tiny_model_dir):
 
 
 def test_oom_halves_batch_and_keeps_order(tiny_scorer, monkeypatch):
-    instr = [f"question {i} " * (i + 1) for i in range(12)]
+    instr = [f"question {i} " * (12 + i % 3) for i in range(12)]  # close lengths: one forward batch of 12 first
     resp = [f"answer {i}" for i in range(12)]
     want = tiny_scorer.score(instr, resp)
     real = tiny_scorer._forward
@@ -290,3 +290,20 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch):
     assert model.resolve_precision("float16", "cpu") == (torch.float16, None)
     with pytest.raises(ValueError, match="bf16-autocast"):
         model.resolve_precision("float8", "cpu")
+
+
+def test_forward_batches_cut_where_padding_would_grow(tiny_scorer):
+    lengths = np.array([100, 95, 90, 85, 84, 70, 60, 50, 10, 10, 9, 30])
+    order = np.argsort(-lengths, kind="stable")
+    saved = tiny_scorer.batch_size, tiny_scorer.max_tokens_per_batch
+    try:
+        tiny_scorer.batch_size, tiny_scorer.max_tokens_per_batch = 64, 10_000
+        got = [lengths[b].tolist() for b in tiny_scorer._batches(lengths, order)]
+        # 84 >= 0.8 * 100 stays; 70 starts a batch; a batch takes at least 4 pairs before it may be cut
+        assert got == [[100, 95, 90, 85, 84], [70, 60, 50, 30], [10, 10, 9]]
+        tiny_scorer.max_tokens_per_batch = 300  # the token budget still bounds every batch: 300 // 100 = 3 pairs
+        got = [lengths[b].tolist() for b in tiny_scorer._batches(lengths, order)]
+        assert got[0] == [100, 95, 90] and all(len(b) * b[0] <= 300 for b in got)
+        assert sorted(x for b in got for x in b) == sorted(lengths.tolist())
+    finally:
+        tiny_scorer.batch_size, tiny_scorer.max_tokens_per_batch = saved
