@@ -31,6 +31,8 @@ def gemma():
 def gemma_parallel():
     """Samples decoded together: 3 slots, so the 4 samples of a prompt must wait for and reuse slots."""
     gen = LlamaCppGenerator(n_threads=1, n_ctx=256, n_parallel=3)
+    gen._parallel_context(3)  # made now with 3 slots: on first use it would take one per sample of the prompt
+    assert gen.slots == 3
     yield gen
     gen.close()
 

@@ -123,11 +123,12 @@ class _Job:
 class LlamaCppGenerator(Generator):
     """A GGUF model through llama-cpp-python. ``model_path=None`` uses the packaged Gemma 3 270M.
 
-    ``n_parallel`` (default 16) sequences decode together in one batch: the samples of one or more prompts, each in
-    its own slot of ``n_ctx`` KV cells, the prompt evaluated once and copied to the slots of its samples. Slots are
-    separate KV streams, not one unified cache: in a unified cache the attention over interleaved cells rounds
-    differently, and log-probs would depend on the batch. ``n_parallel=1`` decodes one sample at a time;
-    ``share_prompt=False`` (implies it) evaluates the prompt again for every sample (the old way, for the benchmark).
+    ``n_parallel`` (default 16, raised to a prompt's sample count on first use) sequences decode together in one
+    batch: the samples of one or more prompts, each in its own slot of ``n_ctx`` KV cells, the prompt evaluated
+    once and copied to the slots of its samples. Slots are separate KV streams, not one unified cache: in a unified
+    cache the attention over interleaved cells rounds differently, and log-probs would depend on the batch.
+    ``n_parallel=1`` decodes one sample at a time; ``share_prompt=False`` (implies it) evaluates the prompt again
+    for every sample (the old way, for the benchmark).
     Example: ``LlamaCppGenerator(n_threads=2).generate(["Q: What is 2+2?\\nA:"], "paper17")``
     """
 
@@ -171,6 +172,7 @@ class LlamaCppGenerator(Generator):
         # enough prompts per call to keep every slot busy while the samples of earlier prompts finish
         self.prompts_in_flight = 8 if self.n_parallel > 1 else 1
         self._pctx: Any = None  # the multi-sequence context, made on first use
+        self.slots = 0
         self._pbatch: Any = None
         self.model_id = model_id or path.name
         self.n_ctx = self.llm.n_ctx()
@@ -226,16 +228,19 @@ class LlamaCppGenerator(Generator):
         if d.top_k:
             idx = np.argpartition(-x, d.top_k - 1)[: d.top_k]
         if d.top_p < 1.0:
-            pool = idx if idx is not None else np.argpartition(-x, 255)[:256]
-            order = pool[np.argsort(-x[pool], kind="stable")]
-            probs = np.exp(x[order] - x[order[0]])
-            full = np.exp(x - x[order[0]]).sum() if idx is None else probs.sum()
-            cum = np.cumsum(probs) / full
-            if idx is None and cum[-1] < d.top_p:  # the nucleus is wider than the 256 best: sort everything
-                order = np.argsort(-x, kind="stable")
-                cum = np.cumsum(np.exp(x[order] - x[order[0]]))
-                cum /= cum[-1]
-            n = int(np.searchsorted(cum, d.top_p) + 1)
+            # the nucleus from the best 256, else the best 4096, else a sort of everything (a flat distribution)
+            for width in (256, 4096, 0) if idx is None else (len(idx),):
+                if width and width < len(x):
+                    pool = idx if idx is not None else np.argpartition(-x, width - 1)[:width]
+                    order = pool[np.argsort(-x[pool], kind="stable")]
+                else:
+                    order = np.argsort(-x, kind="stable")
+                probs = np.exp(x[order] - x[order[0]])
+                full = np.exp(x - x[order[0]]).sum() if idx is None else probs.sum()
+                cum = np.cumsum(probs) / full
+                if cum[-1] >= d.top_p or len(order) == len(x) or idx is not None:
+                    break
+            n = int(min(np.searchsorted(cum, d.top_p) + 1, len(order)))
             idx = order[:n]
         if idx is not None:
             x = x[idx]
@@ -288,8 +293,10 @@ class LlamaCppGenerator(Generator):
         return [[seq.candidate(i) for seq, i in job.seqs] for job in jobs]
 
     # ------------------------------------------------------------------ parallel decoding
-    def _parallel_context(self) -> tuple[Any, Any]:
+    def _parallel_context(self, slots: int) -> tuple[Any, Any]:
+        """The multi-sequence context, made on first use with ``slots`` sequence slots (one KV stream each)."""
         if self._pctx is None:
+            self.slots = slots
             import ctypes
 
             import llama_cpp
@@ -297,12 +304,12 @@ class LlamaCppGenerator(Generator):
 
             params = llama_cpp.llama_context_default_params()
             ctypes.memmove(ctypes.byref(params), ctypes.byref(self.llm.context_params), ctypes.sizeof(params))
-            params.n_ctx = self.n_ctx * self.n_parallel
-            params.n_seq_max = self.n_parallel
+            params.n_ctx = self.n_ctx * self.slots
+            params.n_seq_max = self.slots
             params.kv_unified = False  # one KV stream per slot: the same arithmetic as decoding alone
             self._pctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
             self._pbatch = _internals.LlamaBatch(
-                n_tokens=max(self.n_parallel, self.llm.n_batch), embd=0, n_seq_max=1, verbose=False
+                n_tokens=max(self.slots, self.llm.n_batch), embd=0, n_seq_max=1, verbose=False
             )
         return self._pctx, self._pbatch
 
@@ -310,9 +317,11 @@ class LlamaCppGenerator(Generator):
         """Decode every sequence of ``jobs``: one ``llama_decode`` per step advances one token of every live slot."""
         import llama_cpp
 
-        ctx, batch = self._parallel_context()
+        # at least n_parallel slots, and enough for all samples of one prompt (a prompt's last sample waiting for a
+        # slot would decode alone for a whole candidate's length)
+        ctx, batch = self._parallel_context(max(self.n_parallel, max(len(j.seqs) for j in jobs)))
         mem, b = ctx.memory, batch.batch
-        free = list(range(self.n_parallel - 1, -1, -1))
+        free = list(range(self.slots - 1, -1, -1))
         pending = deque(jobs)
         started: list[_Job] = []  # jobs with samples left to start, oldest first
         live: dict[int, list[Any]] = {}  # slot -> [sequence, job, position, next token]
