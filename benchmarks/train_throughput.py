@@ -110,6 +110,11 @@ def run(way: str, data: Path, out: Path, args: argparse.Namespace, dev: Path | N
     result = Trainer(cfg).train()
     logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rate = [m for m in logs if "pairs_per_s" in m][-1]["pairs_per_s"]
+    if dev is not None:
+        print(
+            f"  {way}: dev pairwise accuracy {result['dev_pairwise_accuracy']:.4f} over {result['dev_ranked_pairs']} "
+            f"ranked pairs, dev MSE {result['dev_mse']:.4f}, mixed precision {result['mixed_precision']}"
+        )
     return float(rate), float(result.get("dev_pairwise_accuracy", float("nan")))
 
 
@@ -125,8 +130,15 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    pool = real_pairs(args.pairs + args.dev_pairs)
-    pairs, dev_rows = pool[: args.pairs], pool[args.pairs :]
+    pool = real_pairs(10**9)  # every pair of the five sets, shuffled; each instruction has a gold and a wrong one
+    # dev takes whole instructions (both the gold and the wrong answer), so every dev pair is ranked against another
+    dev_instr: set[str] = set()
+    for r in pool[args.pairs :]:
+        if 2 * len(dev_instr) >= args.dev_pairs:
+            break
+        dev_instr.add(r["instruction"])
+    dev_rows = [r for r in pool if r["instruction"] in dev_instr]
+    pairs = [r for r in pool if r["instruction"] not in dev_instr][: args.pairs]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.jsonl"
         with atomic_write(data) as f:
