@@ -249,7 +249,7 @@ def test_adapting_a_float16_checkpoint_trains_in_float32(tmp_path, tiny_model_di
 
 @pytest.mark.slow
 def test_pretrain_mini_config_on_real_pairs(tmp_path):
-    """configs/pretrain_mini.yaml end to end: MiniLM-L6 + a fresh head, float32 on CPU, real SciQ pairs."""
+    """configs/pretrain_mini.yaml end to end: MiniLM-L6 + a fresh head, auto precision, real SciQ pairs."""
     from conftest import REPO, SHARED_DATA
 
     rows = []
