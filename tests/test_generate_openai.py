@@ -294,5 +294,10 @@ def test_real_llama_cpp_server(llama_server, endpoint):
         if endpoint == "completions":
             assert c.logprob_sum is not None and c.logprob_sum <= 0
     again = gen.generate(["The capital of France is"], recipe, seed=3)[0]
-    assert again[0].text == cands[0].text  # greedy is deterministic
+    assert [(c.decoding, c.sample_index) for c in again] == [(c.decoding, c.sample_index) for c in cands]
+    if endpoint == "completions":
+        assert again[0].text == cands[0].text  # greedy is deterministic
+    # Not asserted for chat: the server reuses its prompt cache on the second request and evaluates fewer tokens,
+    # with other llama.cpp kernels that round differently; the chat template leaves a near-tie at Gemma's first
+    # token there ("" vs "Paris." were seen, with the code before and after batched sampling alike).
     gen.close()
