@@ -263,6 +263,27 @@ def test_cache_resumes_after_torn_line_without_duplicates(tiny_generator, tmp_pa
     assert len(read_generations(partial)["question number 0?"]) == 10
 
 
+def test_cache_passes_prompts_in_chunks_of_the_backends_width(tiny_generator, tmp_path, monkeypatch):
+    gen = tiny_generator("causal")
+    prompts = [(f"question number {i}?", None) for i in range(4)] + [("question number 1?", None), ("last", None)]
+    ref = tmp_path / "ref.jsonl"
+    generate_to_cache(gen, prompts, SMALL, ref, seed=1, show_progress=False)
+    calls = []
+    real = gen.generate
+
+    def spy(ps, *args, **kw):
+        calls.append(len(ps))
+        return real(ps, *args, **kw)
+
+    monkeypatch.setattr(gen, "generate", spy)
+    monkeypatch.setattr(gen, "prompts_in_flight", 3)
+    out = tmp_path / "chunked.jsonl"
+    stats = generate_to_cache(gen, prompts, SMALL, out, seed=1, show_progress=False)
+    # 5 distinct prompts (the repeated one is generated once): a chunk of 3, then the last 2
+    assert calls == [3, 2] and (stats.prompts, stats.prompts_skipped, stats.rows_written) == (6, 1, 25)
+    assert out.read_text() == ref.read_text()  # each prompt's rows in input order, as one prompt at a time
+
+
 def test_cache_errors_name_file_and_line(tiny_generator, tmp_path):
     gen = tiny_generator("causal")
     bad = tmp_path / "bad.jsonl"

@@ -169,8 +169,9 @@ def generate_to_cache(
     """Generate candidates for ``(prompt, id or None)`` pairs and append them to ``out``, resuming a previous run.
 
     A prompt whose candidates are all in ``out`` already (same model, recipe name and seed) is skipped; a prompt
-    cut short by a kill is generated again and only its missing rows are appended. Each prompt's rows go out in
-    one write followed by fsync. Example:
+    cut short by a kill is generated again and only its missing rows are appended. Prompts go to the backend in
+    chunks of its ``prompts_in_flight`` (so a batching backend decodes them together); each prompt's rows go out in
+    one write followed by fsync, in input order. Example:
         >>> generate_to_cache(LlamaCppGenerator(), [("Q: 2+2?\\nA:", None)], "paper17", "gens.jsonl")
     """
     recipe = load_recipe(recipe)
