@@ -93,3 +93,18 @@ def test_bf16_autocast_keeps_the_ranking_on_real_pairs():
     spearman = float(np.corrcoef(rank(f32), rank(bf16))[0, 1])
     same = float(np.mean(f32.reshape(-1, 4).argmax(1) == bf16.reshape(-1, 4).argmax(1)))
     assert spearman >= 0.999 and same >= 0.99, (spearman, same)
+
+
+OBVIOUS = Path(__file__).parent / "data" / "obvious_questions.jsonl"
+
+
+@pytest.mark.xfail(strict=True, reason="cappy-mini v1 gets 10 of 20; the v2 of issue 14 must pass (drop the marker)")
+def test_obvious_questions_bar():
+    """20 obvious factual questions written for this project (none is in a training or held-out file), 4 short
+    choices each, the right one in each position 5 times. The bar, 18 of 20, was fixed before any model trained
+    for it (issue 14) was seen; strict: when the shipped model passes, this marker must go."""
+    rows = [json.loads(x) for x in OBVIOUS.read_text().splitlines()]
+    assert len(rows) == 20
+    scorer = Cappy.from_pretrained("cappy-mini", device="cpu")
+    right = sum(scorer.choose(f"Question: {r['question']}\nAnswer:", r["choices"]) == r["answer"] for r in rows)
+    assert right >= 18, f"{right} of 20 right"
