@@ -165,6 +165,44 @@ def test_v1_rerank_cohere_jina_shape(server, scorer):
     assert len(bare) == 4 and all("document" not in x for x in bare)
 
 
+def test_v2_rerank_cohere_v2_shape(server, scorer):
+    texts = ["yes", "no", "four", "entailment"]
+    r = server.post("/v2/rerank", json={"model": "rerank-v3.5", "query": INSTR[2], "documents": texts, "top_n": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = scorer.rank(INSTR[2], texts, top_k=3)
+    assert [x["index"] for x in body["results"]] == [e["index"] for e in expected]
+    assert_scores_close([x["relevance_score"] for x in body["results"]], [e["score"] for e in expected])  # batched
+    assert (
+        set(body) == {"id", "results", "meta"}
+        and body["id"]
+        and set(body["results"][0]) == {"index", "relevance_score"}
+    )
+    # max_tokens_per_doc cuts each document to its first tokens before scoring
+    long = ["the cat sat on the mat and then it slept all day long", "a dog"]
+    cut = server.post("/v2/rerank", json={"query": "q", "documents": long, "max_tokens_per_doc": 3}).json()["results"]
+    want = scorer.score(["q", "q"], ["the cat sat", "a dog"])
+    assert_scores_close([x["relevance_score"] for x in sorted(cut, key=lambda x: x["index"])], want)  # batched
+    bad = server.post("/v2/rerank", json={"query": "q", "documents": [{"text": "a"}]})
+    assert bad.status_code == 422 and bad.json()["error_type"] == "validation"
+    assert server.post("/v2/rerank", json={"query": "q", "documents": []}).json()["error_type"] == "empty_input"
+
+
+def test_official_cohere_sdk_clients_v1_and_v2(server, scorer):
+    cohere = pytest.importorskip("cohere", reason="the cohere SDK is in the dev extras")
+    base = str(server.base_url).rstrip("/")
+    texts = ["yes", "no", "four", "entailment"]
+    expected = scorer.rank(INSTR[2], texts, top_k=2)
+    v2 = cohere.ClientV2(api_key="unused", base_url=base).rerank(
+        model="rerank-v3.5", query=INSTR[2], documents=texts, top_n=2
+    )
+    assert [x.index for x in v2.results] == [e["index"] for e in expected]
+    assert_scores_close([x.relevance_score for x in v2.results], [e["score"] for e in expected])  # batched
+    v1 = cohere.Client(api_key="unused", base_url=base).rerank(query=INSTR[2], documents=texts, top_n=2)
+    assert [x.index for x in v1.results] == [e["index"] for e in expected]
+    assert_scores_close([x.relevance_score for x in v1.results], [e["score"] for e in expected])  # batched
+
+
 def test_info_health_openapi_and_page(server, scorer):
     info = server.get("/info").json()
     assert info["model"] == "tiny-bert" and info["model_type"] == "bert"
@@ -174,7 +212,7 @@ def test_info_health_openapi_and_page(server, scorer):
     assert info["precision"] == scorer.precision and info["dtype"] == "float32"
     assert server.get("/health").json() == {"status": "ok"}
     schema = server.get("/openapi.json").json()
-    for path in ("/score", "/rerank", "/v1/rerank", "/best-of-n", "/info", "/health"):
+    for path in ("/score", "/rerank", "/v1/rerank", "/v2/rerank", "/best-of-n", "/info", "/health"):
         assert path in schema["paths"], path
     assert "413" in schema["paths"]["/score"]["post"]["responses"]
     page = server.get("/")

@@ -15,6 +15,7 @@ import inspect
 import logging
 import math
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -166,6 +167,29 @@ class RerankResult(BaseModel):
     index: int
     relevance_score: float
     document: Document | None = None
+
+
+class RerankV2Request(_Body):
+    """Cohere v2 /v2/rerank request (``cohere.ClientV2.rerank``): documents are strings; ``model`` and
+    ``priority`` are accepted and ignored (one model, one queue)."""
+
+    model: str | None = None
+    query: str
+    documents: list[str]
+    top_n: int | None = Field(None, ge=1)
+    max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to this many tokens first")
+    priority: int | None = None
+
+
+class RerankV2Result(BaseModel):
+    index: int
+    relevance_score: float
+
+
+class RerankV2Response(BaseModel):
+    id: str
+    results: list[RerankV2Result]
+    meta: dict[str, Any]
 
 
 class RerankResponse(BaseModel):
@@ -524,6 +548,23 @@ def create_app(
         return JSONResponse({"results": results, "model": model_name, "usage": {"total_tokens": int(tokens)}})
 
     @app.post(
+        "/v2/rerank",
+        response_model=RerankV2Response,
+        responses=_ERRORS,
+        summary="Rerank documents for a query (Cohere v2 shape), best first",
+    )
+    async def rerank_v2(body: RerankV2Request, request: Request) -> JSONResponse:
+        _check_text("query", body.query)
+        _check_count("documents", len(body.documents), config.max_items_per_request)
+        texts = body.documents
+        if body.max_tokens_per_doc is not None:
+            texts = await batcher.run_in_worker(_first_tokens, scorer, texts, body.max_tokens_per_doc)
+        scores = await score_pairs(request, [body.query] * len(texts), texts)
+        results = [{"index": int(i), "relevance_score": float(scores[i])} for i in _order(scores)[: body.top_n]]
+        meta = {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
+        return JSONResponse({"id": uuid.uuid4().hex, "results": results, "meta": meta})
+
+    @app.post(
         "/best-of-n",
         response_model=BestOfNResponse,
         responses={**_ERRORS, 501: {"model": ErrorBody, "description": "no generator configured"}},
@@ -569,6 +610,12 @@ def create_app(
         )
 
     return app
+
+
+def _first_tokens(scorer: Cappy, texts: Sequence[str], n: int) -> list[str]:
+    """Each text cut after its first ``n`` tokens (the tokenizer's own offsets; shorter texts unchanged)."""
+    enc = scorer.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    return [t if len(off) <= n else t[: off[n - 1][1]] for t, off in zip(texts, enc["offset_mapping"])]
 
 
 def _pair_lengths(scorer: Cappy, query: str, texts: Sequence[str]) -> list[int]:
