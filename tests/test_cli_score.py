@@ -65,6 +65,21 @@ def test_malformed_line_stops_with_line_number_and_leaves_no_output(tiny_model_d
     assert list(tmp_path.iterdir()) == [inp]  # no temp file either
 
 
+def test_bad_utf8_byte_names_file_and_line(tiny_model_dir, tmp_path, capsys):
+    from cappy.io import BadLineError, iter_jsonl
+
+    good = json.dumps(ROWS[0]).encode()
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(good + b"\n" + b'{"instruction": "caf\xe9", "response": "x"}\n' + good + b"\n")
+    with pytest.raises(BadLineError, match=r"in\.jsonl:2: not valid UTF-8 \(byte 0xe9 at byte 21"):
+        list(iter_jsonl(inp))
+    stats = {}
+    assert [n for n, _ in iter_jsonl(inp, skip_bad_lines=True, stats=stats)] == [1, 3] and stats["bad_lines"] == 1
+    out = tmp_path / "out.jsonl"
+    rc = main(["score", "--model", str(tiny_model_dir("bert")), "--input", str(inp), "--output", str(out)])
+    assert rc == 2 and "in.jsonl:2" in capsys.readouterr().err and not out.exists()
+
+
 def test_missing_field_names_line(tiny_model_dir, tmp_path, capsys):
     inp = write_jsonl(tmp_path / "in.jsonl", [ROWS[0], {"instruction": "no response here"}])
     rc = main(["score", "--model", str(tiny_model_dir("bert")), "--input", str(inp), "--output", str(tmp_path / "o")])

@@ -22,20 +22,32 @@ def iter_jsonl(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line; ``"-"`` reads stdin.
 
-    A line that is not a JSON object raises :class:`BadLineError` naming the file and line, or, with
-    ``skip_bad_lines``, is counted in ``stats["bad_lines"]`` and skipped.
+    A line that is not valid UTF-8 or not a JSON object raises :class:`BadLineError` naming the file and line, or,
+    with ``skip_bad_lines``, is counted in ``stats["bad_lines"]`` and skipped.
     Example: ``for lineno, row in iter_jsonl("pairs.jsonl"): ...``
     """
     stats = stats if stats is not None else {}
     stats.setdefault("bad_lines", 0)
+    # files and stdin are read as bytes and decoded line by line, so a bad byte names its line
     if isinstance(path, str | os.PathLike) and str(path) == "-":
-        handle, name, close = sys.stdin, "<stdin>", False
+        handle, name, close = getattr(sys.stdin, "buffer", sys.stdin), "<stdin>", False
     elif isinstance(path, str | os.PathLike):
-        handle, name, close = open(path, encoding="utf-8"), str(path), True
+        handle, name, close = open(path, "rb"), str(path), True
     else:
         handle, name, close = path, getattr(path, "name", "<stream>"), False
     try:
         for lineno, line in enumerate(handle, start=1):
+            if isinstance(line, bytes):
+                try:
+                    line = line.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    if skip_bad_lines:
+                        stats["bad_lines"] += 1
+                        continue
+                    raise BadLineError(
+                        f"{name}:{lineno}: not valid UTF-8 (byte {line[err.start]:#04x} at byte {err.start + 1} "
+                        "of the line)"
+                    ) from None
             if not line.strip():
                 continue
             try:
