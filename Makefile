@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint bench clean cappy-mini lock
+.PHONY: setup demo test test-slow lint bench clean cappy-mini lock fuzz
 
 EXTRAS := dev,serve,eval,models,llamacpp
 # The versions the suite was last green with (`make lock` refreshes them); every install goes through them.
@@ -46,6 +46,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow --timeout 1800
+
+# Property-based fuzzing of the HTTP API from its OpenAPI schema (schemathesis, 127.0.0.1 only, bounded).
+fuzz: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests/test_serve_fuzz.py --timeout 900
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

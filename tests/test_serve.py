@@ -212,8 +212,9 @@ def test_info_health_openapi_and_page(server, scorer):
     assert info["precision"] == scorer.precision and info["dtype"] == "float32"
     assert server.get("/health").json() == {"status": "ok"}
     schema = server.get("/openapi.json").json()
-    for path in ("/score", "/rerank", "/v1/rerank", "/v2/rerank", "/best-of-n", "/info", "/health"):
+    for path in ("/score", "/rerank", "/v1/rerank", "/v2/rerank", "/info", "/health"):
         assert path in schema["paths"], path
+    assert "/best-of-n" not in schema["paths"]  # no generator here: not offered (a call still gets 501)
     assert "413" in schema["paths"]["/score"]["post"]["responses"]
     page = server.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -476,6 +477,7 @@ def test_best_of_n_scores_every_candidate_and_picks_the_best(scorer):
         assert r.status_code == 200, r.text
         body = r.json()
         assert gen.calls == [([prompt], RecipeRequest("paper", 5))]
+        assert "/best-of-n" in c.get("/openapi.json").json()["paths"]
         texts = [x["text"] for x in body["candidates"]]
         assert len(texts) == 5  # the generator's extra candidate is cut to n
         assert [x["index"] for x in body["candidates"]] == list(range(5))

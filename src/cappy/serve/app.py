@@ -20,14 +20,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import numpy as np
 import torch
+from annotated_types import Ge
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cappy.model import Cappy
@@ -113,7 +114,33 @@ class _ClientGone(Exception):
 
 # ---------------------------------------------------------------------- request and response schemas
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: a request's types are the schema's (no 0 for false, no "3" for 3), so what the schema rejects we do
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+# What the schema tells clients (and fuzzers) about inputs that the endpoints reject with 400 empty_input: a text
+# with no visible character, an empty list. Only documented here; the endpoints check them, so the error stays 400.
+_NOT_BLANK: dict[str, Any] = {"json_schema_extra": {"pattern": r"\S"}}
+
+
+# Request fields bounded by ServeConfig.max_items_per_request (written into the served schema by create_app).
+_LIMITED_FIELDS = [
+    ("ScoreRequest", "pairs"),
+    ("TeiRerankRequest", "texts"),
+    ("RerankRequest", "documents"),
+    ("RerankV2Request", "documents"),
+    ("BestOfNRequest", "n"),
+]
+
+
+def _json_int(value: Any) -> Any:
+    """JSON Schema's integer: an int or a float without a fraction (2.0); never a string or a bool (strict)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_int)]
+PositiveJsonInt = Annotated[int, Ge(1), BeforeValidator(_json_int)]
+_NOT_EMPTY: dict[str, Any] = {"json_schema_extra": {"minItems": 1}}
 
 
 class Pair(_Body):
@@ -122,7 +149,7 @@ class Pair(_Body):
 
 
 class ScoreRequest(_Body):
-    pairs: list[Pair] = Field(description="the (instruction, response) pairs to score")
+    pairs: list[Pair] = Field(description="the (instruction, response) pairs to score", **_NOT_EMPTY)
 
 
 class ScoreResponse(BaseModel):
@@ -132,8 +159,8 @@ class ScoreResponse(BaseModel):
 class TeiRerankRequest(_Body):
     """Hugging Face Text Embeddings Inference's /rerank request."""
 
-    query: str
-    texts: list[str]
+    query: str = Field(**_NOT_BLANK)
+    texts: list[str] = Field(**_NOT_EMPTY)
     raw_scores: bool = Field(False, description="accepted for compatibility; Cappy scores are always raw")
     return_text: bool = False
     truncate: bool | None = Field(
@@ -157,9 +184,9 @@ class RerankRequest(_Body):
     """Cohere/Jina /v1/rerank request; ``model`` is accepted and ignored (one model is served)."""
 
     model: str | None = None
-    query: str
-    documents: list[str | Document]
-    top_n: int | None = Field(None, ge=1)
+    query: str = Field(**_NOT_BLANK)
+    documents: list[str | Document] = Field(**_NOT_EMPTY)
+    top_n: PositiveJsonInt | None = None
     return_documents: bool = False
 
 
@@ -174,11 +201,11 @@ class RerankV2Request(_Body):
     ``priority`` are accepted and ignored (one model, one queue)."""
 
     model: str | None = None
-    query: str
-    documents: list[str]
-    top_n: int | None = Field(None, ge=1)
-    max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to this many tokens first")
-    priority: int | None = None
+    query: str = Field(**_NOT_BLANK)
+    documents: list[str] = Field(**_NOT_EMPTY)
+    top_n: PositiveJsonInt | None = None
+    max_tokens_per_doc: PositiveJsonInt | None = Field(None, description="cut each document to this many tokens first")
+    priority: JsonInt | None = None
 
 
 class RerankV2Result(BaseModel):
@@ -199,8 +226,8 @@ class RerankResponse(BaseModel):
 
 
 class BestOfNRequest(_Body):
-    prompt: str
-    n: int | None = Field(None, ge=1, description="how many candidates (default: all the recipe makes)")
+    prompt: str = Field(**_NOT_BLANK)
+    n: PositiveJsonInt | None = Field(None, description="how many candidates (default: all the recipe makes)")
     recipe: str | None = Field(None, description="the generator's recipe name (its default when absent)")
 
 
@@ -414,6 +441,26 @@ def create_app(
     )
     app.state.batcher = batcher
     app.state.config = config
+    base_openapi = app.openapi
+
+    def openapi_with_limits() -> dict[str, Any]:
+        """The schema with this server's item limit on every list and on n (a 413 beyond it)."""
+        if app.openapi_schema is None:
+            schema = base_openapi()
+            limit = config.max_items_per_request
+            for name, field in _LIMITED_FIELDS:
+                prop = schema.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {}).get(field)
+                if prop is None:
+                    continue
+                for branch in [prop, *prop.get("anyOf", [])]:
+                    if branch.get("type") == "array":
+                        branch["maxItems"] = limit
+                    elif branch.get("type") == "integer":
+                        branch["maximum"] = limit
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_with_limits  # type: ignore[method-assign]
     app.add_middleware(_Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
 
     @app.exception_handler(ApiError)
@@ -567,6 +614,7 @@ def create_app(
     @app.post(
         "/best-of-n",
         response_model=BestOfNResponse,
+        include_in_schema=generator is not None,  # a server without a generator does not offer it
         responses={**_ERRORS, 501: {"model": ErrorBody, "description": "no generator configured"}},
         summary="Generate n candidates for a prompt, score them all, return them with the best one",
     )
