@@ -13,6 +13,10 @@ import pkgutil
 import shlex
 import sys
 
+# The --dtype values of every command that loads a scorer (cappy.model.resolve_precision); here, not in
+# cappy.model, so that building the parser does not import torch.
+DTYPE_HELP = "auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -8,6 +8,7 @@ import sys
 from collections import defaultdict
 from typing import Any
 
+from cappy.cli import DTYPE_HELP
 from cappy.cli.generate import add_backend_args, build_generator, iter_prompts
 from cappy.io import atomic_write, dumps
 
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--scorer-dtype",
         default="auto",
-        help="auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)",
+        help=DTYPE_HELP,
     )
     p.add_argument(
         "--strategy",

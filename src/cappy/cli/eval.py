@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cappy.cli import DTYPE_HELP
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate scorers and LLM baselines on task suites")
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     mc.add_argument(
         "--dtype",
         default="auto",
-        help="auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)",
+        help=DTYPE_HELP,
     )
     mc.add_argument("--out", required=False, default=None, help="output folder")
     mc.add_argument("--no-progress", action="store_true")
@@ -57,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bb.add_argument(
         "--scorer-dtype",
         default="auto",
-        help="auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)",
+        help=DTYPE_HELP,
     )
     bb.add_argument("--out", required=True, help="output folder")
     bb.add_argument("--no-progress", action="store_true")

@@ -7,6 +7,7 @@ import sys
 from itertools import islice
 from typing import Any
 
+from cappy.cli import DTYPE_HELP
 from cappy.io import atomic_write, dumps, iter_jsonl
 
 DEFAULT_MODEL = "cappy-mini"
@@ -19,7 +20,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         default="auto",
-        help="auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)",
+        help=DTYPE_HELP,
     )
     p.add_argument("--max-length", type=int, default=None, help="max tokens per pair (default: the checkpoint's, 512)")
     p.add_argument("--batch-size", type=int, default=64, help="max pairs per forward pass")

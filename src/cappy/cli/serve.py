@@ -8,6 +8,8 @@ import signal
 import sys
 from typing import Any
 
+from cappy.cli import DTYPE_HELP
+
 DEFAULT_MODEL = "cappy-mini"
 CPU_TOKEN_BUDGET = 2048
 
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype",
         default="auto",
-        help="auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)",
+        help=DTYPE_HELP,
     )
     p.add_argument("--max-length", type=int, default=None, help="max tokens per pair (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=64, help="max pairs per forward pass")

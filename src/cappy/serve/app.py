@@ -121,6 +121,7 @@ class _Body(BaseModel):
 # What the schema tells clients (and fuzzers) about inputs that the endpoints reject with 400 empty_input: a text
 # with no visible character, an empty list. Only documented here; the endpoints check them, so the error stays 400.
 _NOT_BLANK: dict[str, Any] = {"json_schema_extra": {"pattern": r"\S"}}
+_NOT_EMPTY: dict[str, Any] = {"json_schema_extra": {"minItems": 1}}
 
 
 # Request fields bounded by ServeConfig.max_items_per_request (written into the served schema by create_app).
@@ -139,8 +140,7 @@ def _json_int(value: Any) -> Any:
 
 
 JsonInt = Annotated[int, BeforeValidator(_json_int)]
-PositiveJsonInt = Annotated[int, Ge(1), BeforeValidator(_json_int)]
-_NOT_EMPTY: dict[str, Any] = {"json_schema_extra": {"minItems": 1}}
+PositiveJsonInt = Annotated[int, Ge(1), BeforeValidator(_json_int)]  # Ge first, so the schema shows "minimum"
 
 
 class Pair(_Body):
