@@ -23,15 +23,18 @@ RECIPE = Recipe("t", (Decoding("beam", num_beams=4), Decoding("sample", temperat
 class Scripted:
     """A local server: answers from ``script`` (status codes, consumed in order; 200 afterwards) and records bodies.
 
-    A 200 answer has ``min(n, max_choices)`` choices whose text names the request's seed and choice index.
+    A 200 answer has ``min(n, max_choices)`` choices whose text names the request's seed and choice index, or is
+    ``raw`` (content type, bytes) as it is.
     """
 
-    def __init__(self, script=(), max_choices=99, delay=0.0, chat=False):
+    def __init__(self, script=(), max_choices=99, delay=0.0, chat=False, raw=None):
         self.script = list(script)
         self.max_choices = max_choices
         self.delay = delay
+        self.raw = raw
         self.bodies: list[dict] = []
         self.paths: list[str] = []
+        self.headers: list[dict[str, str]] = []  # lower-cased names
         self.active = self.peak = 0  # requests being answered now, and the most at once
         self._lock = threading.Lock()
         outer = self
@@ -44,6 +47,7 @@ class Scripted:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.bodies.append(body)
                 outer.paths.append(self.path)
+                outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                 status = outer.script.pop(0) if outer.script else 200
                 with outer._lock:
                     outer.active += 1
@@ -52,11 +56,15 @@ class Scripted:
                     time.sleep(outer.delay)
                 with outer._lock:
                     outer.active -= 1
+                content_type = "application/json"
                 if status != 200:
                     payload = json.dumps({"error": {"message": f"scripted {status}"}}).encode()
                     self.send_response(status)
                     if status == 429:
                         self.send_header("Retry-After", "0")
+                elif outer.raw is not None:
+                    content_type, payload = outer.raw
+                    self.send_response(200)
                 else:
                     n = min(body.get("n", 1), outer.max_choices)
                     choices = []
@@ -72,7 +80,7 @@ class Scripted:
                             choices.append({"index": i, "text": text, "logprobs": lp})
                     payload = json.dumps({"choices": choices, "usage": {"completion_tokens": 2 * n}}).encode()
                     self.send_response(200)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 try:
@@ -236,6 +244,90 @@ def test_bad_configuration():
         OpenAIGenerator("http://127.0.0.1:1/v1", "m", endpoint="embeddings")
     with pytest.raises(ValueError, match="http://"):
         OpenAIGenerator("127.0.0.1:1/v1", "m")
+
+
+# ---------------------------------------------------------------------- the openai SDK underneath
+
+GREEDY = Recipe("g", (Decoding("greedy"),), 1, 4)
+
+
+def test_a_500_then_200_is_retried_through_the_sdk(scripted):
+    srv = scripted(script=[500])
+    gen = _gen(srv.url, max_retries=1)
+    assert gen.generate(["p"], GREEDY)[0][0].text == f"s{srv.bodies[-1]['seed']}-c0"
+    assert len(srv.bodies) == 2 and gen.requests_sent == 2
+    # the same request both times, and the SDK's own retries stay off (they would send more than 2)
+    assert srv.bodies[0] == srv.bodies[1]
+    gen.close()
+
+
+def test_sdk_errors_map_to_generation_errors_naming_what_failed(scripted):
+    import openai
+
+    srv = scripted(script=[503] * 3)
+    gen = _gen(srv.url, max_retries=2)
+    with pytest.raises(GenerationError, match=r"/v1/completions: HTTP 503 after 3 attempt\(s\)") as info:
+        gen.generate(["p"], GREEDY)
+    assert isinstance(info.value.__cause__, openai.InternalServerError) and info.value.__cause__.status_code == 503
+    gen.close()
+
+    gen = _gen(f"http://127.0.0.1:{_free_port()}/v1", max_retries=0)
+    with pytest.raises(GenerationError, match=r"cannot reach .*\(.*(refused|connect).*\) after 1 attempt") as info:
+        gen.generate(["p"], GREEDY)
+    assert type(info.value.__cause__) is openai.APIConnectionError
+    gen.close()
+
+    srv = scripted(delay=1.0)
+    gen = _gen(srv.url, timeout=0.2, max_retries=0)
+    with pytest.raises(GenerationError, match=r"no answer within 0.2s\) after 1 attempt") as info:
+        gen.generate(["p"], GREEDY)
+    assert isinstance(info.value.__cause__, openai.APITimeoutError)
+    gen.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (("text/html", b"<html>busy</html>"), "the answer is not JSON: '<html>busy</html>'"),
+        (("application/json", b"{not json"), "the answer is not JSON"),
+        (("application/json", b'{"result": 1}'), "no 'choices' list"),
+        (("application/json", b'{"choices": [7]}'), "a choice is not an object"),
+        (("application/json", b'{"choices": [{"index": 0}]}'), "a choice has no text"),
+    ],
+)
+def test_malformed_answers_are_not_retried_and_say_what_is_wrong(scripted, raw, match):
+    srv = scripted(raw=raw)
+    gen = _gen(srv.url, max_retries=3)
+    with pytest.raises(GenerationError, match=match):
+        gen.generate(["p"], GREEDY)
+    assert len(srv.bodies) == 1
+    gen.close()
+
+
+def test_api_key_header_only_when_given(scripted, monkeypatch):
+    # a key in the environment must not leak to a server the caller gave no key for
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    srv = scripted()
+    for key in (None, "", "sk-test"):
+        gen = _gen(srv.url, api_key=key)
+        gen.generate(["p"], GREEDY)
+        gen.close()
+    assert [h.get("authorization") for h in srv.headers] == [None, None, "Bearer sk-test"]
+
+
+def test_extra_body_is_merged_last(scripted):
+    srv = scripted()
+    gen = _gen(srv.url, extra_body={"temperature": 0.3, "repetition_penalty": 1.1, "top_k": 5})
+    gen.generate(["p"], GREEDY)
+    body = srv.bodies[0]
+    assert (body["temperature"], body["repetition_penalty"], body["top_k"], body["min_tokens"]) == (0.3, 1.1, 5, 1)
+    gen.close()
+
+
+def test_missing_sdk_is_a_clear_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openai", None)  # what `import openai` sees when it is not installed
+    with pytest.raises(ImportError, match=r"pip install 'cappy\[openai\]'"):
+        OpenAIGenerator("http://127.0.0.1:1/v1", "m")
 
 
 # ---------------------------------------------------------------------- a real llama.cpp server

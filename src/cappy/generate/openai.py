@@ -1,9 +1,10 @@
 """Generation through an OpenAI-compatible HTTP server (vLLM, TGI, llama.cpp server, Ollama, OpenAI).
 
-Only the standard library is used for HTTP. Each decoding of a prompt is one request asking for ``n`` choices;
-a server that returns fewer (many ignore ``n``) gets the rest as parallel ``n=1`` requests with distinct seeds,
-and later prompts go straight to those. Timeouts, 429 and 5xx answers and refused connections are retried a
-bounded number of times with exponential backoff; then a :class:`GenerationError` says what failed.
+Requests go through the official ``openai`` SDK (``pip install 'cappy[openai]'``). Each decoding of a prompt is one
+request asking for ``n`` choices; a server that returns fewer (many ignore ``n``) gets the rest as parallel ``n=1``
+requests with distinct seeds, and later prompts go straight to those. Timeouts, 408/409/429/5xx answers and refused
+connections are retried a bounded number of times with exponential backoff; then a :class:`GenerationError` says
+what failed.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import logging
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,14 +23,38 @@ logger = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
+#: what the SDK's ``create`` takes as keyword arguments; the rest of a request body goes in ``extra_body``
+_SDK_FIELDS = frozenset(
+    {"model", "prompt", "messages", "max_tokens", "n", "seed", "logprobs", "temperature", "top_p", "stop"}
+)
+
+
+def _import_openai() -> Any:
+    try:
+        import openai
+    except ImportError as err:
+        raise ImportError(
+            "the OpenAI-compatible backend needs the official openai SDK: pip install 'cappy[openai]'"
+        ) from err
+    return openai
+
+
+def _field(obj: Any, name: str) -> Any:
+    """``obj.name`` of an SDK object, or ``obj[name]`` of a dict (what the SDK leaves of fields it does not know)."""
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
 
 class OpenAIGenerator(Generator):
-    """A model behind ``{base_url}/completions`` or ``{base_url}/chat/completions``.
+    """A model behind ``{base_url}/completions`` or ``{base_url}/chat/completions``, through the ``openai`` SDK.
 
-    ``base_url`` includes the API prefix, e.g. "http://127.0.0.1:8000/v1". ``server_extensions`` sends the
-    non-OpenAI fields that vLLM and llama.cpp understand (``top_k``, ``min_tokens``, ``truncate_prompt_tokens``);
-    turn it off for the OpenAI API itself. Beam search is not part of the API, so "beam" decodings run greedy
-    (temperature 0) and are recorded as "greedy".
+    ``base_url`` includes the API prefix, e.g. "http://127.0.0.1:8000/v1". ``api_key`` None sends no
+    ``Authorization`` header (local servers need none; ``OPENAI_API_KEY`` is not read here, the CLI reads it).
+    ``server_extensions`` sends the non-OpenAI fields that vLLM and llama.cpp understand (``top_k``, ``min_tokens``,
+    ``truncate_prompt_tokens``); turn it off for the OpenAI API itself. ``extra_body`` is merged into every request
+    body last. Beam search is not part of the API, so "beam" decodings run greedy (temperature 0) and are recorded
+    as "greedy".
     Example:
         >>> gen = OpenAIGenerator("http://127.0.0.1:8000/v1", "google/flan-t5-xl", endpoint="completions")
         >>> gen.generate(["Q: What is 2+2?\\nA:"], "paper17")[0][0].text
@@ -59,6 +82,7 @@ class OpenAIGenerator(Generator):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
         if max_retries < 0 or timeout <= 0 or concurrency < 1:
             raise ValueError("need max_retries >= 0, timeout > 0 and concurrency >= 1")
+        openai = _import_openai()
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/{'chat/completions' if endpoint == 'chat' else 'completions'}"
         self.model = model
@@ -72,6 +96,15 @@ class OpenAIGenerator(Generator):
         self.server_extensions = server_extensions
         self.extra_body = dict(extra_body or {})
         self.n_supported: bool | None = None  # unknown until a server answers a request with n > 1
+        # The SDK needs some key: a placeholder, with the header omitted from every request when the caller gave none
+        # (so neither it nor OPENAI_API_KEY reaches a server that was not meant to get a key). The SDK's own retries
+        # are off: its backoff is fixed (0.5 s doubling to 8 s), and the loop in _post honours `backoff`,
+        # `max_backoff`, counts `requests_sent` and says after how many attempts it gave up.
+        self._client = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or "EMPTY", timeout=timeout, max_retries=0
+        )
+        self._headers = None if api_key else {"Authorization": openai.Omit()}
+        self._openai = openai
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="cappy-openai")
         # several prompts at once, so the pool keeps `concurrency` requests in flight across prompts (vLLM and the
         # llama.cpp server batch concurrent requests)
@@ -80,41 +113,49 @@ class OpenAIGenerator(Generator):
         self.requests_sent = 0
 
     # ------------------------------------------------------------------ HTTP
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        data = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+    def _create(self, body: dict[str, Any]) -> Any:
+        kwargs = {k: v for k, v in body.items() if k in _SDK_FIELDS}
+        extra = {k: v for k, v in body.items() if k not in _SDK_FIELDS}
+        create = self._client.chat.completions.create if self.endpoint == "chat" else self._client.completions.create
+        return create(**kwargs, extra_body=extra or None, extra_headers=self._headers)
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        """One request (``body`` is the JSON sent), retried on timeouts, refused connections and 408/409/429/5xx."""
+        errors = self._openai
         for attempt in range(self.max_retries + 1):
             with self._lock:
                 self.requests_sent += 1
-            req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             retry_after = None
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    raw = resp.read()
-                try:
-                    out = json.loads(raw)
-                except ValueError:
-                    raise GenerationError(f"{self.url}: the answer is not JSON: {raw[:200]!r}") from None
-                if not isinstance(out, dict) or not isinstance(out.get("choices"), list):
-                    raise GenerationError(f"{self.url}: the answer has no 'choices' list: {str(out)[:200]}")
-                return out
-            except urllib.error.HTTPError as err:
-                detail = err.read()[:500].decode("utf-8", "replace")
-                if err.code not in RETRY_STATUS or attempt == self.max_retries:
+                answer = self._create(body)
+            except errors.APIStatusError as err:
+                detail = _status_detail(err)
+                if err.status_code not in RETRY_STATUS or attempt == self.max_retries:
                     raise GenerationError(
-                        f"{self.url}: HTTP {err.code} after {attempt + 1} attempt(s): {detail}"
-                    ) from None
-                retry_after = _retry_after(err.headers.get("Retry-After"))
-                reason = f"HTTP {err.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                reason = str(getattr(err, "reason", err) or type(err).__name__)
+                        f"{self.url}: HTTP {err.status_code} after {attempt + 1} attempt(s): {detail}"
+                    ) from err
+                retry_after = _retry_after(err.response.headers.get("Retry-After"))
+                reason = f"HTTP {err.status_code}"
+            except errors.APIConnectionError as err:  # APITimeoutError included
+                if isinstance(err, errors.APITimeoutError):
+                    reason = f"no answer within {self.timeout:g}s"
+                else:
+                    reason = str(err.__cause__ or err) or type(err).__name__
                 if attempt == self.max_retries:
                     raise GenerationError(
                         f"cannot reach {self.url} ({reason}) after {attempt + 1} attempt(s); is the server running "
                         "and is the URL right (it includes the /v1 prefix)?"
-                    ) from None
+                    ) from err
+            except json.JSONDecodeError as err:
+                raise GenerationError(f"{self.url}: the answer is not JSON ({err})") from err
+            except errors.OpenAIError as err:
+                raise GenerationError(f"{self.url}: {type(err).__name__}: {err}") from err
+            else:
+                if isinstance(answer, str | bytes):  # the SDK returns a body that is not JSON as it is
+                    raise GenerationError(f"{self.url}: the answer is not JSON: {answer[:200]!r}")
+                if not isinstance(_field(answer, "choices"), list):
+                    raise GenerationError(f"{self.url}: the answer has no 'choices' list: {str(answer)[:200]}")
+                return answer
             delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
             if retry_after is not None:
                 delay = min(self.max_backoff, retry_after)
@@ -147,29 +188,31 @@ class OpenAIGenerator(Generator):
         body.update(self.extra_body)
         return body
 
-    def _parse(self, answer: dict[str, Any], d: Decoding) -> list[tuple[str, list[float] | None, int]]:
-        choices = sorted(answer["choices"], key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
-        usage = answer.get("usage") or {}
+    def _parse(self, answer: Any, d: Decoding) -> list[tuple[str, list[float] | None, int]]:
+        """(text, token log-probs or None, token count) per choice of an SDK ``Completion`` / ``ChatCompletion``."""
+        objects = (dict, self._openai.BaseModel)
+        choices = sorted(
+            _field(answer, "choices"), key=lambda c: (_field(c, "index") or 0) if isinstance(c, objects) else 0
+        )
+        completion_tokens = _field(_field(answer, "usage"), "completion_tokens")
         out = []
         for c in choices:
-            if not isinstance(c, dict):
+            if not isinstance(c, objects):
                 raise GenerationError(f"{self.url}: a choice is not an object: {str(c)[:200]}")
             if self.endpoint == "chat":
-                text = (c.get("message") or {}).get("content")
-                lp = c.get("logprobs") or {}
-                items = lp.get("content") if isinstance(lp, dict) else None
-                logprobs = [float(t["logprob"]) for t in items] if items else None
+                text = _field(_field(c, "message"), "content")
+                items = _field(_field(c, "logprobs"), "content")
+                raw = [_field(t, "logprob") for t in items] if isinstance(items, list) else None
             else:
-                text = c.get("text")
-                lp = c.get("logprobs") or {}
-                raw = lp.get("token_logprobs") if isinstance(lp, dict) else None
-                logprobs = [float(x) for x in raw if x is not None] if raw else None
+                text = _field(c, "text")
+                raw = _field(_field(c, "logprobs"), "token_logprobs")
+            logprobs = [float(x) for x in raw if x is not None] if isinstance(raw, list) and raw else None
             if not isinstance(text, str):
                 raise GenerationError(f"{self.url}: a choice has no text: {str(c)[:200]}")
             if logprobs is not None:
                 num = len(logprobs)
-            elif len(choices) == 1 and isinstance(usage.get("completion_tokens"), int):
-                num = usage["completion_tokens"]
+            elif len(choices) == 1 and isinstance(completion_tokens, int):
+                num = completion_tokens
             else:
                 num = 0
             out.append((text.strip(), logprobs, num))
@@ -230,6 +273,16 @@ class OpenAIGenerator(Generator):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._client.close()
+
+
+def _status_detail(err: Any) -> str:
+    """The start of an error answer's body (the server's own message), else the SDK's summary of it."""
+    try:
+        text = err.response.text
+    except Exception:  # a streamed or unread body: the SDK's message says enough
+        text = ""
+    return (text or str(err.message))[:500]
 
 
 def _retry_after(value: str | None) -> float | None:
