@@ -102,8 +102,25 @@ def test_best_of_n_scores_with_cappy_and_compares_fairly(tiny_lm, tiny_scorer):
     oracle = boost_candidates(prompts, cands, None, ["oracle:rouge_l", "first:greedy"], exact)
     assert [o.metric["oracle:rouge_l"] for o in oracle] == [1.0, 1.0, 1.0]
     summary = summarize(res)
-    # a mean of the same float64 values, summed in another order: a few ulps, far inside approx's rel 1e-6
-    assert summary["oracle:rouge_l"] == pytest.approx(100 * np.mean([r.metric["oracle:rouge_l"] for r in res]))
+    # a fraction like every metric value (reports scale x100); a mean of the same float64 values: exact
+    assert summary["oracle:rouge_l"] == float(np.mean([r.metric["oracle:rouge_l"] for r in res]))
+    assert all(0.0 <= v <= 1.0 for v in summary.values()) and set(summary) == set(strategies)
+
+
+def test_boost_scores_through_score_groups_with_unequal_candidate_counts(tiny_scorer, monkeypatch):
+    prompts = ["What is two plus two?", "Name a prime.", "Is the sky blue?"]
+    cands = [_cands()[:1], _cands(), _cands()[1:3]]
+    calls = []
+    real = tiny_scorer.score_groups
+    monkeypatch.setattr(
+        tiny_scorer, "score_groups", lambda i, g, **k: (calls.append([len(x) for x in g]), real(i, g))[1]
+    )
+    res = boost_candidates(prompts, cands, tiny_scorer, ["cappy"])
+    assert calls == [[1, 5, 2]]  # one call for the block, one group per prompt
+    for p, cs, r in zip(prompts, cands, res):
+        # the same pairs in another batch: float32 rounding only
+        assert_scores_close(r.scores, tiny_scorer.score(p, [c.text for c in cs]))
+        assert len(r.scores) == len(cs) and r.chosen["cappy"] == int(np.argmax(r.scores))
 
 
 def test_cli_boost_from_a_generation_cache(tiny_lm, tiny_model_dir, tmp_path):

@@ -307,3 +307,131 @@ def test_forward_batches_cut_where_padding_would_grow(tiny_scorer):
         assert sorted(x for b in got for x in b) == sorted(lengths.tolist())
     finally:
         tiny_scorer.batch_size, tiny_scorer.max_tokens_per_batch = saved
+
+
+# ---------------------------------------------------------------------- groups, lengths, encoding, collation, loading
+def test_score_groups_is_one_flat_score_call_regrouped(tiny_scorer, monkeypatch):
+    instr = ["What is 2+2?", "Name a prime number.", "Is the sky blue?", "Say hello."]
+    groups = [["4"], ["4", "7", "nine", "a prime: 11"], ["yes", "no"], ["hello", "", "hi", "hey there", "bonjour"]]
+    flat_i = [s for s, g in zip(instr, groups) for _ in g]
+    flat_r = [r for g in groups for r in g]
+    flat = tiny_scorer.score(flat_i, flat_r)
+    assert len(set(flat.tolist())) == len(flat)  # distinct scores, so a regrouping slip could not pass
+    calls = []
+    real = tiny_scorer.score
+    monkeypatch.setattr(tiny_scorer, "score", lambda *a, **k: (calls.append(len(a[0])), real(*a, **k))[1])
+    got = tiny_scorer.score_groups(instr, groups)
+    assert calls == [len(flat_r)]  # one batched call over every pair
+    assert [len(g) for g in got] == [1, 4, 2, 5]
+    assert all(g.dtype == np.float32 for g in got)
+    start = 0
+    for g, want in zip(got, groups):
+        # the same single call on the same pairs: bit-identical
+        assert np.array_equal(g, flat[start : start + len(want)])
+        start += len(want)
+    assert np.array_equal(np.concatenate(got), flat)
+    assert tiny_scorer.score_groups([], []) == []
+
+
+@pytest.mark.parametrize(
+    "instr,groups,match",
+    [
+        (["a", "b"], [["x"]], "same length, got 2 and 1"),
+        (["a", "b"], [["x"], []], r"groups_of_responses\[1\] is empty"),
+        (["a"], ["xy"], r"groups_of_responses\[0\] must be a list of str"),
+        (["a", "b"], [["x"], ["y", 3]], r"groups_of_responses\[1\]\[1\] must be a str"),
+        (["a", None], [["x"], ["y"]], r"instructions\[1\] must be a str"),
+        ("ab", [["x"], ["y"]], "instructions must be a list"),
+    ],
+)
+def test_score_groups_bad_input(tiny_scorer, instr, groups, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_scorer.score_groups(instr, groups)
+
+
+def test_score_returns_the_lengths_it_scored(tiny_scorer):
+    instr = [a for a, _ in PAIRS] + ["word " * 500]
+    resp = [b for _, b in PAIRS] + ["answer"]
+    scores, lengths = tiny_scorer.score(instr, resp, return_lengths=True)
+    assert np.array_equal(scores, tiny_scorer.score(instr, resp))  # the same call: bit-identical
+    assert lengths.dtype == np.int64
+    assert lengths.tolist() == [len(x) for x in tiny_scorer.encode(instr, resp)["input_ids"]]
+    assert lengths[-1] == tiny_scorer.max_length  # truncated: the count is of the pair as scored
+    one, n = tiny_scorer.score("What is 2+2?", "4", return_lengths=True)
+    assert isinstance(one, float) and isinstance(n, int) and n == lengths[0]
+
+
+def test_encode_pairs_is_the_scorer_encoding(tiny_scorer):
+    from cappy.model import encode_pairs
+
+    long_text = "alpha beta gamma unbelievably " * 300  # past 8 x max_length characters: the pre-cut path
+    instr, resp = ["short question", long_text, ""], [long_text, "short answer", "x"]
+    enc = encode_pairs(tiny_scorer.tokenizer, instr, resp, tiny_scorer.max_length)
+    assert enc == tiny_scorer.encode(instr, resp)
+    assert set(enc) == {"input_ids", "token_type_ids"}  # BERT: segment ids, no attention mask (collate makes it)
+    whole = encode_pairs(tiny_scorer.tokenizer, instr, resp, None)
+    plain = tiny_scorer.tokenizer(instr, resp, truncation=False)["input_ids"]
+    assert whole["input_ids"] == plain and len(whole["input_ids"][0]) > tiny_scorer.max_length
+
+
+class _PadTokenizer:
+    """Only what collation reads: pad ids that differ from 0, so a hard-coded 0 shows."""
+
+    pad_token_id = 7
+    pad_token_type_id = 3
+
+
+def test_collate_pairs_pads_with_the_tokenizer_ids():
+    from cappy.model import collate_pairs
+
+    enc = {"input_ids": [[1, 2, 3], [4], [5, 6]], "token_type_ids": [[0, 0, 1], [0], [0, 1]]}
+    batch = collate_pairs(enc, _PadTokenizer())
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7], [5, 6, 7]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 1], [0, 3, 3], [0, 1, 3]]
+    assert all(v.dtype == torch.long for v in batch.values())
+    wide = collate_pairs(enc, _PadTokenizer(), pad_to=5, rows=[2, 1])
+    assert wide["input_ids"].tolist() == [[5, 6, 7, 7, 7], [4, 7, 7, 7, 7]]
+    assert wide["token_type_ids"].tolist() == [[0, 1, 3, 3, 3], [0, 3, 3, 3, 3]]
+    assert collate_pairs(enc, _PadTokenizer(), pad_to=2)["input_ids"].shape == (3, 3)  # never cuts a pair
+    assert "token_type_ids" not in collate_pairs({"input_ids": [[1]]}, _PadTokenizer())
+    with pytest.raises(ValueError, match="at least one"):
+        collate_pairs({"input_ids": []}, _PadTokenizer())
+
+
+def test_scorer_collate_is_collate_pairs(tiny_scorer):
+    from cappy.model import collate_pairs
+
+    enc = tiny_scorer.encode([a for a, _ in PAIRS], [b for _, b in PAIRS])
+    idx = np.array([3, 0, 6])
+    got = tiny_scorer._collate(enc, idx)
+    want = collate_pairs(enc, tiny_scorer.tokenizer, rows=idx)
+    assert set(got) == set(want) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_load_scorer_model_head_rules(tmp_path, tiny_model_dir, caplog):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from cappy.model import load_scorer_model
+
+    torch.manual_seed(0)
+    three = BertForSequenceClassification(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    )
+    three.config.num_labels = 3
+    three.classifier = torch.nn.Linear(16, 3)
+    three.save_pretrained(tmp_path / "three")
+    AutoTokenizer.from_pretrained(tiny_model_dir("bert")).save_pretrained(tmp_path / "three")
+    with pytest.raises(ValueError, match="num_labels=3"):
+        load_scorer_model(tmp_path / "three")
+    with caplog.at_level("WARNING", logger="cappy.model"):
+        model, tok = load_scorer_model(tmp_path / "three", torch.float32, dropout=0.0, replace_head=True)
+    assert "replaced by a fresh one-output head" in caplog.text
+    assert model.classifier.out_features == 1 and model.config.problem_type == "regression"
+    assert model.config.hidden_dropout_prob == 0.0 and tok.pad_token_id is not None
+    # the encoder is loaded, only the head is new
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, three.bert.embeddings.word_embeddings.weight)
+    half = Cappy.from_pretrained(tiny_model_dir("bert"), device="cpu", dtype="float16").save_pretrained(tmp_path / "h")
+    assert next(load_scorer_model(half, torch.float32)[0].parameters()).dtype == torch.float32
+    assert next(load_scorer_model(half)[0].parameters()).dtype == torch.float16  # None keeps the checkpoint's

@@ -167,18 +167,14 @@ def boost_candidates(
     try:
         for start in range(0, len(prompts), _PROMPTS_PER_SCORE_CALL):
             block = range(start, min(len(prompts), start + _PROMPTS_PER_SCORE_CALL))
-            flat_scores = None
+            grouped = None
             if scorer is not None:
-                instr = [prompts[i] for i in block for _ in candidates[i]]
-                resp = [c.text for i in block for c in candidates[i]]
-                flat_scores = np.asarray(scorer.score(instr, resp), dtype=np.float32).reshape(-1)
-            pos = 0
-            for i in block:
+                grouped = scorer.score_groups(
+                    [prompts[i] for i in block], [[c.text for c in candidates[i]] for i in block]
+                )
+            for k, i in enumerate(block):
                 cs = list(candidates[i])
-                scores = None
-                if flat_scores is not None:
-                    scores = [float(x) for x in flat_scores[pos : pos + len(cs)]]
-                    pos += len(cs)
+                scores = None if grouped is None else [float(x) for x in grouped[k]]
                 refs = None
                 if references is not None:
                     refs = [references[i]] if isinstance(references[i], str) else list(references[i])
@@ -220,9 +216,11 @@ def best_of_n(
 
 
 def summarize(results: Sequence[BoostResult]) -> dict[str, float]:
-    """Mean metric x100 per strategy over results that have one. Example: ``{"cappy": 23.6, "random": 12.0}``"""
+    """Mean metric per strategy over results that have one, as a fraction in [0, 1] like every metric value here
+    (reports scale to x100 when they print). Example: ``summarize(res)`` -> ``{"cappy": 0.236, "random": 0.12}``
+    """
     totals: dict[str, list[float]] = {}
     for r in results:
         for s, v in r.metric.items():
             totals.setdefault(s, []).append(v)
-    return {s: 100.0 * float(np.mean(v)) for s, v in totals.items()}
+    return {s: float(np.mean(v)) for s, v in totals.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
@@ -186,6 +187,136 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
+def _precut(tokenizer: Any, texts: list[str], max_length: int) -> list[str]:
+    """Cut very long texts a little past ``max_length`` tokens before pair encoding.
+
+    Pair truncation in `tokenizers` is quadratic in the overflow (a 1 MB text takes minutes); tokens past
+    ``max_length`` are dropped anyway, so cutting 16 tokens beyond it leaves the encoding unchanged.
+    """
+    keep = max_length + 16
+    long_idx = [i for i, t in enumerate(texts) if len(t) > 8 * max_length]
+    if not long_idx or not getattr(tokenizer, "is_fast", False):
+        return texts
+    enc = tokenizer(
+        [texts[i] for i in long_idx],
+        add_special_tokens=False,
+        truncation=True,
+        max_length=keep,
+        return_offsets_mapping=True,
+    )
+    out = list(texts)
+    for i, ids, offsets in zip(long_idx, enc["input_ids"], enc["offset_mapping"]):
+        if len(ids) >= keep:
+            out[i] = texts[i][: offsets[-1][1]]
+    return out
+
+
+def encode_pairs(
+    tokenizer: Any, instructions: list[str], responses: list[str], max_length: int | None
+) -> dict[str, list[list[int]]]:
+    """The Cappy input format: the tokenizer's text-pair encoding of (instruction, response), unpadded.
+
+    ``max_length`` truncates longest-first (what scoring and training use); None encodes the whole pairs (to
+    measure them). Example: ``encode_pairs(tok, ["What is 2+2?"], ["4"], 512)["input_ids"]`` -> ``[[101, ...]]``
+    """
+    if max_length is None:
+        # nothing is cut, so no pre-cut either: it would shorten what is being measured
+        enc = tokenizer(instructions, responses, truncation=False, padding=False, return_attention_mask=False)
+    else:
+        enc = tokenizer(
+            _precut(tokenizer, instructions, max_length),
+            _precut(tokenizer, responses, max_length),
+            truncation="longest_first",
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+        )
+    return {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}
+
+
+def collate_pairs(
+    enc: dict[str, list[list[int]]], tokenizer: Any, pad_to: int | None = None, rows: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-padded CPU tensors (input_ids, attention_mask, token_type_ids if encoded) of encoded pairs.
+
+    Pads with the tokenizer's pad_token_id (0 without one) and pad_token_type_id, to the longest row or to
+    ``pad_to`` if that is wider; ``rows`` picks and orders rows of ``enc`` (default: all).
+    Example: ``collate_pairs(encode_pairs(tok, ["q"], ["a"], 512), tok)["input_ids"].shape`` -> ``(1, 5)``
+    """
+    ids = enc["input_ids"] if rows is None else [enc["input_ids"][i] for i in rows]
+    if not ids:
+        raise ValueError("collate_pairs needs at least one encoded pair")
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    width = max(int(lengths.max()), pad_to or 0)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    total = int(lengths.sum())
+
+    def fill(seqs: Sequence[list[int]], pad: int) -> torch.Tensor:
+        # a boolean mask assigns in row-major order, which is the order of the concatenated rows
+        out = np.full((len(seqs), width), pad, dtype=np.int64)
+        out[mask] = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=total)
+        return torch.from_numpy(out)
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = {"input_ids": fill(ids, pad_id), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+    if "token_type_ids" in enc:
+        tt = enc["token_type_ids"] if rows is None else [enc["token_type_ids"][i] for i in rows]
+        batch["token_type_ids"] = fill(tt, getattr(tokenizer, "pad_token_type_id", 0) or 0)
+    return batch
+
+
+def load_scorer_model(
+    name_or_path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    dropout: float | None = None,
+    replace_head: bool = False,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    **model_kwargs: Any,
+) -> tuple[PreTrainedModel, Any]:
+    """Load ``(model, tokenizer)`` as a one-output regression scorer, for :meth:`Cappy.from_pretrained` and training.
+
+    ``dtype`` None keeps the checkpoint's; ``dropout`` sets every dropout rate the config has. A classifier with
+    several outputs is an error, or with ``replace_head`` gets a fresh one-output head (with a warning); an
+    encoder without a head always gets a fresh one.
+    Example: ``model, tok = load_scorer_model("cappy-mini", dtype=torch.float32)``
+    """
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    except OSError as err:
+        raise OSError(
+            f"cannot load model {str(name_or_path)!r}: it is not a local checkpoint directory, not an embedded "
+            f"model, and could not be fetched as a hub id ({err})"
+        ) from err
+    is_classifier = any("ForSequenceClassification" in a for a in (config.architectures or []))
+    several = getattr(config, "num_labels", 1) != 1
+    if several and not replace_head:
+        raise ValueError(
+            f"{str(name_or_path)!r} has num_labels={config.num_labels}; "
+            "a Cappy scorer needs a one-output regression head"
+        )
+    mismatched = replace_head and is_classifier and several
+    config.num_labels = 1
+    config.problem_type = "regression"
+    if dropout is not None:
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "pooler_dropout"):
+            if hasattr(config, name):
+                setattr(config, name, dropout)
+    kwargs: dict[str, Any] = dict(model_kwargs)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if mismatched:
+        kwargs["ignore_mismatched_sizes"] = True
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, config=config, trust_remote_code=trust_remote_code, revision=revision, **kwargs
+    )
+    if mismatched:
+        logger.warning("%s had a head with several outputs; it was replaced by a fresh one-output head", name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    return model, tokenizer
+
+
 class Cappy:
     """A scorer of (instruction, response) pairs: higher means a more correct response.
 
@@ -246,27 +377,11 @@ class Cappy:
         other CPUs, and in the checkpoint's dtype on GPUs (see :func:`resolve_precision`).
         Example: ``Cappy.from_pretrained("btan2/cappy-large", device="cuda", dtype="bfloat16")``
         """
-        path = resolve_model_path(name_or_path)
         torch_dtype, autocast_dtype = resolve_precision(dtype, device)
-        try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
-        except OSError as err:
-            raise OSError(
-                f"cannot load model {str(name_or_path)!r}: it is not a local checkpoint directory, not an embedded "
-                f"model, and could not be fetched as a hub id ({err})"
-            ) from err
-        if getattr(config, "num_labels", 1) != 1:
-            raise ValueError(
-                f"{name_or_path!r} has num_labels={config.num_labels}; "
-                "a Cappy scorer needs a one-output regression head"
-            )
-        kwargs: dict[str, Any] = dict(model_kwargs)
-        if torch_dtype is not None:
-            kwargs["dtype"] = torch_dtype
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, config=config, trust_remote_code=trust_remote_code, revision=revision, **kwargs
+        model, tokenizer = load_scorer_model(
+            name_or_path, torch_dtype, trust_remote_code=trust_remote_code, revision=revision, **model_kwargs
         )
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+        config = model.config
         if max_length is None:
             max_length = int((getattr(config, "cappy", None) or {}).get("max_length", 512))
         return cls(
@@ -358,42 +473,11 @@ class Cappy:
         return max_length
 
     def encode(self, instructions: list[str], responses: list[str]) -> dict[str, list[list[int]]]:
-        """Tokenize pairs exactly as the model was trained on them (no padding).
+        """Tokenize pairs exactly as the model was trained on them (no padding); see :func:`encode_pairs`.
 
         Example: ``scorer.encode(["What is 2+2?"], ["4"])["input_ids"]``
         """
-        enc = self.tokenizer(
-            self._precut(instructions),
-            self._precut(responses),
-            truncation="longest_first",
-            max_length=self.max_length,
-            padding=False,
-            return_attention_mask=False,
-        )
-        return {k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids")}
-
-    def _precut(self, texts: list[str]) -> list[str]:
-        """Cut very long texts a little past ``max_length`` tokens before pair encoding.
-
-        Pair truncation in `tokenizers` is quadratic in the overflow (a 1 MB text takes minutes); tokens past
-        ``max_length`` are dropped anyway, so cutting 16 tokens beyond it leaves the encoding unchanged.
-        """
-        keep = self.max_length + 16
-        long_idx = [i for i, t in enumerate(texts) if len(t) > 8 * self.max_length]
-        if not long_idx or not getattr(self.tokenizer, "is_fast", False):
-            return texts
-        enc = self.tokenizer(
-            [texts[i] for i in long_idx],
-            add_special_tokens=False,
-            truncation=True,
-            max_length=keep,
-            return_offsets_mapping=True,
-        )
-        out = list(texts)
-        for i, ids, offsets in zip(long_idx, enc["input_ids"], enc["offset_mapping"]):
-            if len(ids) >= keep:
-                out[i] = texts[i][: offsets[-1][1]]
-        return out
+        return encode_pairs(self.tokenizer, instructions, responses, self.max_length)
 
     def _batches(self, lengths: np.ndarray, order: np.ndarray) -> Iterator[np.ndarray]:
         """Consecutive runs of ``order`` (longest first) bounded by batch_size and the token budget, cut early where
@@ -410,22 +494,7 @@ class Cappy:
             start = end
 
     def _collate(self, enc: dict[str, list[list[int]]], idx: np.ndarray) -> dict[str, torch.Tensor]:
-        ids = [enc["input_ids"][i] for i in idx]
-        width = max(len(x) for x in ids)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(ids), width), dtype=np.int64)
-        for r, x in enumerate(ids):
-            input_ids[r, : len(x)] = x
-            mask[r, : len(x)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": mask}
-        if "token_type_ids" in enc:
-            tt = np.full((len(ids), width), getattr(self.tokenizer, "pad_token_type_id", 0), dtype=np.int64)
-            for r, i in enumerate(idx):
-                x = enc["token_type_ids"][i]
-                tt[r, : len(x)] = x
-            batch["token_type_ids"] = tt
-        return {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+        return {k: v.to(self.device) for k, v in collate_pairs(enc, self.tokenizer, rows=idx).items()}
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         if self.autocast_dtype is None:
@@ -436,7 +505,8 @@ class Cappy:
             logits = self.model(**batch).logits
         return logits.reshape(-1).float().cpu().numpy()
 
-    def _score_chunk(self, instructions: list[str], responses: list[str], out: np.ndarray, pbar: Any) -> None:
+    def _score_chunk(self, instructions: list[str], responses: list[str], out: np.ndarray, pbar: Any) -> np.ndarray:
+        """Fill ``out`` with the chunk's scores; returns the encoded length of each pair."""
         enc = self.encode(instructions, responses)
         lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(instructions))
         order = np.argsort(-lengths, kind="stable")
@@ -457,6 +527,7 @@ class Cappy:
                 continue
             if pbar is not None:
                 pbar.update(len(idx))
+        return lengths
 
     @torch.inference_mode()
     def score(
@@ -465,14 +536,20 @@ class Cappy:
         responses: str | Sequence[str],
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
-    ) -> float | np.ndarray:
+        return_lengths: bool = False,
+    ) -> float | np.ndarray | tuple[float | np.ndarray, int | np.ndarray]:
         """Score pairs. Two strings give a float; lists (or one str and a list) give a float32 array in input order.
+
+        ``return_lengths=True`` also gives each pair's token count as scored (after truncation, without padding):
+        ``(scores, lengths)``, an int64 array beside the array (an int beside the float).
 
         Example:
             >>> scorer.score("What is 2+2?", "4")
             0.91
             >>> scorer.score(["What is 2+2?"] * 2, ["4", "5"])
             array([0.91, 0.12], dtype=float32)
+            >>> scorer.score(["What is 2+2?"] * 2, ["4", "5"], return_lengths=True)
+            (array([0.91, 0.12], dtype=float32), array([9, 9]))
         """
         instr, resp, single = _as_pairs(instructions, responses)
         if batch_size is not None:
@@ -480,6 +557,7 @@ class Cappy:
                 raise ValueError(f"batch_size must be positive, got {batch_size}")
             saved, self.batch_size = self.batch_size, batch_size
         out = np.empty(len(instr), dtype=np.float32)
+        lengths = np.empty(len(instr), dtype=np.int64)
         show = show_progress_bar if show_progress_bar is not None else len(instr) > 10 * _CHUNK
         pbar = None
         if show:
@@ -489,13 +567,55 @@ class Cappy:
         try:
             for s in range(0, len(instr), _CHUNK):
                 view = out[s : s + _CHUNK]
-                self._score_chunk(instr[s : s + _CHUNK], resp[s : s + _CHUNK], view, pbar)
+                lengths[s : s + _CHUNK] = self._score_chunk(instr[s : s + _CHUNK], resp[s : s + _CHUNK], view, pbar)
         finally:
             if pbar is not None:
                 pbar.close()
             if batch_size is not None:
                 self.batch_size = saved
-        return float(out[0]) if single else out
+        if single:
+            return (float(out[0]), int(lengths[0])) if return_lengths else float(out[0])
+        return (out, lengths) if return_lengths else out
+
+    def score_groups(
+        self,
+        instructions: Sequence[str],
+        groups_of_responses: Sequence[Sequence[str]],
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> list[np.ndarray]:
+        """Score every response of every group against its instruction in one batched :meth:`score` call.
+
+        Returns one float32 array per instruction, in the order given (the groups may differ in size); a length
+        mismatch, an empty group or a non-str text is a ValueError naming its index.
+        Example: ``scorer.score_groups(["2+2?", "Sky colour?"], [["4", "5"], ["blue", "red", "green"]])``
+        -> ``[array([0.9, 0.1], dtype=float32), array([0.8, 0.2, 0.1], dtype=float32)]``
+        """
+        for name, seq in (("instructions", instructions), ("groups_of_responses", groups_of_responses)):
+            if isinstance(seq, str | bytes) or not isinstance(seq, Sequence):
+                raise ValueError(f"{name} must be a list, got {type(seq).__name__}")
+        if len(instructions) != len(groups_of_responses):
+            raise ValueError(
+                f"instructions and groups_of_responses must have the same length, got {len(instructions)} and "
+                f"{len(groups_of_responses)}"
+            )
+        for i, (instruction, group) in enumerate(zip(instructions, groups_of_responses)):
+            if not isinstance(instruction, str):
+                raise ValueError(f"instructions[{i}] must be a str, got {type(instruction).__name__}")
+            if isinstance(group, str | bytes) or not isinstance(group, Sequence):
+                raise ValueError(f"groups_of_responses[{i}] must be a list of str, got {type(group).__name__}")
+            if len(group) == 0:
+                raise ValueError(f"groups_of_responses[{i}] is empty; every instruction needs a response")
+            for j, r in enumerate(group):
+                if not isinstance(r, str):
+                    raise ValueError(f"groups_of_responses[{i}][{j}] must be a str, got {type(r).__name__}")
+        if not instructions:
+            return []
+        flat_instr = [s for s, group in zip(instructions, groups_of_responses) for _ in group]
+        flat_resp = [r for group in groups_of_responses for r in group]
+        flat = self.score(flat_instr, flat_resp, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        bounds = np.cumsum([len(group) for group in groups_of_responses])[:-1]
+        return np.split(flat, bounds)
 
     def choose(self, instruction: str, choices: Sequence[str]) -> int:
         """Index of the highest-scoring choice (ties go to the first).

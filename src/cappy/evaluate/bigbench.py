@@ -1,7 +1,11 @@
 """BIG-Bench boosting: pick one LLM candidate per validation prompt with each strategy, score it by Rouge-L.
 
 Protocol of the paper: official split per task, candidates from one recipe, every selection strategy on the same
-candidate set, Rouge-L F (stemmed, max over references) x100, mean per task, then mean over tasks.
+candidate set, Rouge-L F (stemmed, max over references), mean per task, then mean over tasks.
+
+Every Rouge-L value here, and in results.json, is a fraction in [0, 1] (as accuracy is in the MC results); only
+:mod:`cappy.evaluate.report` shows them x100. results.json always stored fractions (the x100 per-task values of
+:func:`evaluate_task` were divided back before writing), so recorded runs read and render as before.
 """
 
 from __future__ import annotations
@@ -91,7 +95,10 @@ def evaluate_task(
     scorers: dict[str, Any],
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Rouge-L x100 per method for one task; ``scorers`` maps a method name (e.g. "cappy") to a Cappy."""
+    """Mean Rouge-L (a fraction) per method for one task; ``scorers`` maps a method name (e.g. "cappy") to a Cappy.
+
+    Example: ``evaluate_task("codenames", val, cands, {"cappy": scorer})["scores"]`` -> ``{"cappy": 0.047, ...}``
+    """
     prompts = [ex.input for ex in examples]
     missing = [p for p in prompts if not candidates.get(p)]
     if missing:
@@ -102,11 +109,11 @@ def evaluate_task(
     refs = [list(ex.references) for ex in examples]
     base = strategies_for(cands, with_cappy=False)
     res = boost_candidates(prompts, cands, None, base, refs, seed=seed)
-    per_method = {s: float(np.mean([r.metric[s] for r in res]) * 100) for s in base}
+    per_method = {s: float(np.mean([r.metric[s] for r in res])) for s in base}
     picks: dict[str, list[int]] = {s: [r.chosen[s] for r in res] for s in base}
     for method, scorer in scorers.items():
         r2 = boost_candidates(prompts, cands, scorer, ["cappy"], refs, seed=seed)
-        per_method[method] = float(np.mean([r.metric["cappy"] for r in r2]) * 100)
+        per_method[method] = float(np.mean([r.metric["cappy"] for r in r2]))
         picks[method] = [r.chosen["cappy"] for r in r2]
     return {
         "scores": per_method,
@@ -170,7 +177,7 @@ def evaluate_bigbench(
     # a method missing on a task (e.g. no log-probs there) is left out of that task's mean
     results: dict[str, Any] = {"metric": "rouge_l", "suite": "bigbench", "tasks": info, "methods": {}}
     for m in methods:
-        vals = {t: s[m] / 100 for t, s in per_task.items() if m in s}
+        vals = {t: s[m] for t, s in per_task.items() if m in s}
         results["methods"][m] = {"mean": float(np.mean(list(vals.values()))), "per_task": vals}
     results["sample"] = {
         "max_examples": cfg.max_examples,

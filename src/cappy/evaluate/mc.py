@@ -162,17 +162,13 @@ def file_sha256(path: str | Path) -> str | None:
 
 # --------------------------------------------------------------------------- methods
 def cappy_predictions(scorer: Any, prompts: Sequence[MCPrompt]) -> tuple[np.ndarray, list[list[float]]]:
-    """One batched ``score`` call over every (instruction, choice) pair; argmax per prompt (ties to the first)."""
-    instr = [p.instruction for p in prompts for _ in p.choices]
-    choices = [c for p in prompts for c in p.choices]
-    flat = scorer.score(instr, choices, show_progress_bar=False) if instr else np.zeros(0)
-    preds, scores, pos = [], [], 0
-    for p in prompts:
-        s = flat[pos : pos + len(p.choices)]
-        pos += len(p.choices)
-        preds.append(int(np.argmax(s)))
-        scores.append([float(x) for x in s])
-    return np.array(preds), scores
+    """One batched ``score_groups`` call over every (instruction, choice) pair; argmax per prompt (ties to the
+    first). Example: ``preds, scores = cappy_predictions(scorer, prompts)``"""
+    groups = scorer.score_groups(
+        [p.instruction for p in prompts], [p.choices for p in prompts], show_progress_bar=False
+    )
+    preds = np.array([int(np.argmax(s)) for s in groups], dtype=np.int64)
+    return preds, [[float(x) for x in s] for s in groups]
 
 
 def llm_predictions(

@@ -1,4 +1,8 @@
-"""Run outputs: results.json (every number and how it was made), predictions.jsonl, report.md and PNG plots."""
+"""Run outputs: results.json (every number and how it was made), predictions.jsonl, report.md and PNG plots.
+
+Every metric value in results.json (accuracy, Rouge-L, bootstrap differences) is a fraction in [0, 1], in every
+version of the file; the reports show them x100, through :func:`x100` only.
+"""
 
 from __future__ import annotations
 
@@ -53,8 +57,17 @@ def write_run(
     return out
 
 
-def _fmt(x: float | None, scale: float) -> str:
-    return "–" if x is None else f"{x * scale:.1f}"
+#: Reports show fractions as points: x100.
+SCALE = 100.0
+
+
+def x100(value: float) -> float:
+    """A fraction as report points (the one place results are scaled). Example: ``x100(0.236)`` -> 23.6"""
+    return SCALE * value
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x100(x):.1f}"
 
 
 def markdown_report(runs: Sequence[dict[str, Any]], title: str = "cappy report") -> str:
@@ -62,7 +75,6 @@ def markdown_report(runs: Sequence[dict[str, Any]], title: str = "cappy report")
     lines = [f"# {title}", ""]
     for run in runs:
         metric = run.get("metric", "?")
-        scale = 100.0
         methods = list(run["methods"])
         tasks: list[str] = []
         for m in methods:
@@ -76,20 +88,17 @@ def markdown_report(runs: Sequence[dict[str, Any]], title: str = "cappy report")
         lines.append("| Task | " + " | ".join(methods) + " |")
         lines.append("|---|" + "---|" * len(methods))
         for t in tasks:
-            row = [_fmt(run["methods"][m]["per_task"].get(t), scale) for m in methods]
+            row = [_fmt(run["methods"][m]["per_task"].get(t)) for m in methods]
             lines.append(f"| {t} | " + " | ".join(row) + " |")
-        lines.append(
-            "| **Mean** | " + " | ".join(f"**{_fmt(run['methods'][m]['mean'], scale)}**" for m in methods) + " |"
-        )
+        lines.append("| **Mean** | " + " | ".join(f"**{_fmt(run['methods'][m]['mean'])}**" for m in methods) + " |")
         lines.append("")
         comps = run.get("comparisons") or {}
         if comps:
             lines += ["Paired bootstrap (95% interval, x100):", ""]
             for name, c in comps.items():
                 against = f" (best LLM = {c['against']})" if "against" in c else ""
-                lines.append(
-                    f"- {name}{against}: {c['diff'] * 100:+.1f} [{c['ci_low'] * 100:+.1f}, {c['ci_high'] * 100:+.1f}]"
-                )
+                diff, lo, hi = (x100(c[k]) for k in ("diff", "ci_low", "ci_high"))
+                lines.append(f"- {name}{against}: {diff:+.1f} [{lo:+.1f}, {hi:+.1f}]")
             lines.append("")
     return "\n".join(lines)
 
@@ -112,7 +121,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(tasks))
     for i, m in enumerate(methods):
-        vals = [100 * (results["methods"][m]["per_task"].get(t) or 0) for t in tasks]
+        vals = [x100(results["methods"][m]["per_task"].get(t) or 0) for t in tasks]
         ax.bar(x + i * width, vals, width, label=m)
     ax.set_xticks(x + width * (len(methods) - 1) / 2)
     ax.set_xticklabels(tasks, rotation=30, ha="right", fontsize=8)
@@ -123,7 +132,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(methods) + 2), 3.5))
-    means = [100 * results["methods"][m]["mean"] for m in methods]
+    means = [x100(results["methods"][m]["mean"]) for m in methods]
     ax.bar(methods, means, color=["C3" if m.startswith("cappy") else "C0" for m in methods])
     for i, v in enumerate(means):
         ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)

@@ -31,7 +31,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cappy.model import Cappy
+from cappy.model import Cappy, encode_pairs
 from cappy.serve.batcher import MicroBatcher, Overloaded, ShuttingDown
 
 logger = logging.getLogger(__name__)
@@ -409,10 +409,12 @@ def create_app(
         config = replace(config, api_key=os.environ[API_KEY_ENV])
     model_name = config.model_name or str(scorer.name_or_path or type(scorer.model).__name__)
     batcher = MicroBatcher(
-        lambda i, r: scorer.score(i, r, show_progress_bar=False),
+        # with the token counts of the encoding it scored, for /v1/rerank's usage (no second tokenization)
+        lambda i, r: scorer.score(i, r, show_progress_bar=False, return_lengths=True),
         max_batch_pairs=config.max_batch_pairs,
         max_wait_ms=config.max_wait_ms,
         max_queue_pairs=config.max_queue_pairs,
+        returns_lengths=True,
     )
     gen_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cappy-generate") if generator else None
     page = resources.files("cappy.serve").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -583,16 +585,20 @@ def create_app(
         _check_text("query", body.query)
         _check_count("documents", len(body.documents), config.max_items_per_request)
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
-        queries = [body.query] * len(texts)
-        scores = await score_pairs(request, queries, texts)
-        tokens = await batcher.run_in_worker(lambda: sum(len(x) for x in scorer.encode(queries, texts)["input_ids"]))
+        if state["closing"]:
+            raise ShuttingDown("the server is shutting down")
+        # usage counts the tokens of the pairs as scored (truncated, unpadded), from the encoding that scored them
+        scores, lengths = await _unless_disconnected(
+            request, batcher.score_with_lengths([body.query] * len(texts), texts)
+        )
+        tokens = int(lengths.sum())
         results = []
         for i in _order(scores)[: body.top_n]:
             item: dict[str, Any] = {"index": int(i), "relevance_score": float(scores[i])}
             if body.return_documents:
                 item["document"] = {"text": texts[i]}
             results.append(item)
-        return JSONResponse({"results": results, "model": model_name, "usage": {"total_tokens": int(tokens)}})
+        return JSONResponse({"results": results, "model": model_name, "usage": {"total_tokens": tokens}})
 
     @app.post(
         "/v2/rerank",
@@ -667,7 +673,8 @@ def _first_tokens(scorer: Cappy, texts: Sequence[str], n: int) -> list[str]:
 
 
 def _pair_lengths(scorer: Cappy, query: str, texts: Sequence[str]) -> list[int]:
-    enc = scorer.tokenizer([query] * len(texts), list(texts), truncation=False, return_attention_mask=False)
+    """Each (query, text) pair's length in Cappy's encoding before any truncation."""
+    enc = encode_pairs(scorer.tokenizer, [query] * len(texts), list(texts), max_length=None)
     return [len(x) for x in enc["input_ids"]]
 
 

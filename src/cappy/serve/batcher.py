@@ -22,7 +22,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-ScoreFn = Callable[[list[str], list[str]], Sequence[float]]
+# Scores, or (scores, token counts) for a batcher built with returns_lengths=True.
+ScoreFn = Callable[[list[str], list[str]], Sequence[float] | tuple[Sequence[float], Sequence[int]]]
 
 
 class Overloaded(RuntimeError):
@@ -53,6 +54,9 @@ class MicroBatcher:
         >>> await batcher.score(["What is 2+2?"], ["4"])
         array([0.91], dtype=float32)
         >>> await batcher.close()  # finishes every accepted job first
+
+    With ``returns_lengths=True`` the function returns ``(scores, token counts)`` (as ``Cappy.score(...,
+    return_lengths=True)`` does) and :meth:`score_with_lengths` hands each caller its share of both.
     """
 
     def __init__(
@@ -61,10 +65,12 @@ class MicroBatcher:
         max_batch_pairs: int = 256,
         max_wait_ms: float = 2.0,
         max_queue_pairs: int = 4096,
+        returns_lengths: bool = False,
     ) -> None:
         if max_batch_pairs < 1 or max_queue_pairs < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_pairs and max_queue_pairs must be positive and max_wait_ms >= 0")
         self.score_fn = score_fn
+        self.returns_lengths = returns_lengths
         self.max_batch_pairs = max_batch_pairs
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue_pairs = max_queue_pairs
@@ -114,6 +120,20 @@ class MicroBatcher:
         Raises :class:`Overloaded` when the queue has no room and :class:`ShuttingDown` while closing.
         Cancelling the awaiting task withdraws the job if its batch has not started.
         """
+        return (await self._submit(instructions, responses))[0]
+
+    async def score_with_lengths(self, instructions: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`score`, also with each pair's token count as scored (int64); needs ``returns_lengths=True``.
+
+        Example: ``scores, lengths = await batcher.score_with_lengths(["q", "q"], ["a", "b"])``
+        """
+        if not self.returns_lengths:
+            raise RuntimeError("this MicroBatcher was built without returns_lengths=True: it has no token counts")
+        scores, lengths = await self._submit(instructions, responses)
+        assert lengths is not None
+        return scores, lengths
+
+    async def _submit(self, instructions: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         if len(instructions) != len(responses):
             raise ValueError(f"got {len(instructions)} instructions and {len(responses)} responses")
         if self._closing:
@@ -122,7 +142,7 @@ class MicroBatcher:
             raise RuntimeError("MicroBatcher.start() was not called")
         n = len(instructions)
         if n == 0:
-            return np.empty(0, dtype=np.float32)
+            return np.empty(0, dtype=np.float32), (np.empty(0, dtype=np.int64) if self.returns_lengths else None)
         if self._queued_pairs + n > self.max_queue_pairs:
             self.stats["rejected"] += 1
             raise Overloaded(
@@ -173,7 +193,7 @@ class MicroBatcher:
             instr = [s for job in batch for s in job.instructions]
             resp = [s for job in batch for s in job.responses]
             try:
-                scores = await loop.run_in_executor(self._executor, self._score, instr, resp)
+                scores, lengths = await loop.run_in_executor(self._executor, self._score, instr, resp)
             except Exception as err:  # the model failed on this batch: every caller in it gets the error
                 logger.exception("scoring a batch of %d pairs failed", len(instr))
                 for job in batch:
@@ -183,7 +203,8 @@ class MicroBatcher:
                 pos = 0
                 for job in batch:
                     if not job.future.done():
-                        job.future.set_result(scores[pos : pos + len(job)])
+                        part = None if lengths is None else lengths[pos : pos + len(job)]
+                        job.future.set_result((scores[pos : pos + len(job)], part))
                     pos += len(job)
                 self.stats["batches"] += 1
                 self.stats["pairs"] += len(instr)
@@ -211,12 +232,18 @@ class MicroBatcher:
             size += len(job)
         return batch
 
-    def _score(self, instructions: list[str], responses: list[str]) -> np.ndarray:
+    def _score(self, instructions: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         t0 = time.perf_counter()
         try:
-            scores = np.asarray(self.score_fn(instructions, responses), dtype=np.float32).reshape(-1)
+            result = self.score_fn(instructions, responses)
         finally:
             self.stats["busy_s"] += time.perf_counter() - t0
-        if scores.shape[0] != len(instructions):
-            raise RuntimeError(f"the scorer returned {scores.shape[0]} scores for {len(instructions)} pairs")
-        return scores
+        lengths = None
+        if self.returns_lengths:
+            result, counts = result
+            lengths = np.asarray(counts, dtype=np.int64).reshape(-1)
+        scores = np.asarray(result, dtype=np.float32).reshape(-1)
+        for what, got in (("scores", scores), ("token counts", lengths)):
+            if got is not None and got.shape[0] != len(instructions):
+                raise RuntimeError(f"the scorer returned {got.shape[0]} {what} for {len(instructions)} pairs")
+        return scores, lengths

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cappy.io import atomic_write, dumps
-from cappy.model import cpu_has_native_bf16
+from cappy.model import collate_pairs, cpu_has_native_bf16, encode_pairs, load_scorer_model
 from cappy.train.config import TrainConfig, resolve_base_model
 from cappy.train.data import Pairs, PairSource, Plan, read_dev
 from cappy.train.record import build_record, write_record
@@ -77,45 +77,9 @@ def pairwise_accuracy(instructions: list[str], labels: np.ndarray, scores: np.nd
 
 
 def _load_model(cfg: TrainConfig) -> tuple[Any, Any]:
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    path = resolve_base_model(cfg.model)
-    config = AutoConfig.from_pretrained(path)
-    is_classifier = any("ForSequenceClassification" in a for a in (config.architectures or []))
-    replace_head = is_classifier and getattr(config, "num_labels", 1) != 1
-    config.num_labels = 1
-    config.problem_type = "regression"
-    if cfg.dropout is not None:
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "pooler_dropout"):
-            if hasattr(config, name):
-                setattr(config, name, cfg.dropout)
     # float32 master weights whatever the checkpoint stores (cappy-mini ships float16, and transformers would
-    # otherwise load it as such); mixed precision comes from autocast
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, config=config, ignore_mismatched_sizes=replace_head, dtype=torch.float32
-    )
-    if replace_head:
-        logger.warning("%s had a head with several outputs; it was replaced by a fresh one-output head", cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
-
-
-def _collate(enc: dict[str, list[list[int]]], tokenizer: Any, pad_to: int | None) -> dict[str, torch.Tensor]:
-    ids = enc["input_ids"]
-    width = pad_to or max(len(x) for x in ids)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for r, x in enumerate(ids):
-        input_ids[r, : len(x)] = torch.tensor(x)
-        mask[r, : len(x)] = 1
-    batch = {"input_ids": input_ids, "attention_mask": mask}
-    if "token_type_ids" in enc:
-        tt = torch.zeros((len(ids), width), dtype=torch.long)
-        for r, x in enumerate(enc["token_type_ids"]):
-            tt[r, : len(x)] = torch.tensor(x)
-        batch["token_type_ids"] = tt
-    return batch
+    # otherwise load it as such); mixed precision comes from autocast. A classifier's multi-output head is replaced.
+    return load_scorer_model(resolve_base_model(cfg.model), torch.float32, dropout=cfg.dropout, replace_head=True)
 
 
 def _rank_term(scores: torch.Tensor, labels: torch.Tensor, instructions: list[str]) -> torch.Tensor:
@@ -193,7 +157,8 @@ class Trainer:
         model, self.tokenizer = _load_model(cfg)
         from cappy.model import Cappy
 
-        # The Cappy wrapper owns the pair format (encode) and clamps max_length to the model's positions.
+        # The Cappy wrapper clamps max_length to the model's positions (and scores dev); training encodes and collates
+        # with the same model.py functions as scoring (_inputs).
         self.scorer = Cappy(
             model, self.tokenizer, max_length=cfg.max_length, batch_size=cfg.eval_batch_size, device=acc.device
         )
@@ -404,8 +369,7 @@ class Trainer:
             dummy = mb is None
             if dummy:  # keep forward/backward counts equal across processes; contributes zero gradient
                 mb = batch.take(np.arange(1))
-            enc = self.scorer.encode(mb.instructions, mb.responses)
-            inputs = {k: v.to(acc.device) for k, v in _collate(enc, self.tokenizer, self._pad_to).items()}
+            inputs = self._inputs(mb)
             labels = torch.from_numpy(mb.labels).to(acc.device)
             sync = i == len(micro) - 1
             if self.deepspeed:
@@ -441,6 +405,11 @@ class Trainer:
     @property
     def _pad_to(self) -> int | None:
         return self.max_length if self.cfg.pad_to_max_length else None
+
+    def _inputs(self, mb: Pairs) -> dict[str, torch.Tensor]:
+        """The model inputs of a micro-batch: the scorer's pair encoding and collation, on this process's device."""
+        enc = encode_pairs(self.tokenizer, mb.instructions, mb.responses, self.max_length)
+        return {k: v.to(self.accelerator.device) for k, v in collate_pairs(enc, self.tokenizer, self._pad_to).items()}
 
     # ------------------------------------------------------------------ the run
     def train(self) -> dict[str, Any]:
