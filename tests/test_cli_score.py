@@ -85,7 +85,7 @@ def test_missing_field_names_line(tiny_model_dir, tmp_path, capsys):
     rc = main(["score", "--model", str(tiny_model_dir("bert")), "--input", str(inp), "--output", str(tmp_path / "o")])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "line 2" in err and "'response'" in err
+    assert f"{inp}:2: missing field 'response'" in err  # file:line, like every other bad line
 
 
 def test_skip_bad_lines_counts(tiny_model_dir, tmp_path, capsys):

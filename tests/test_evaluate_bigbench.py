@@ -194,7 +194,7 @@ def test_cli_bigbench_adapts_per_task_on_train_candidates(tiny_model_dir, tmp_pa
         str(tiny_model_dir("bert")),
         "--adapt",
         "--adapt-scale",
-        "0.0004",
+        "0.01",
         "--adapt-override",
         "batch_size=8",
         "--adapt-override",
@@ -216,9 +216,17 @@ def test_cli_bigbench_adapts_per_task_on_train_candidates(tiny_model_dir, tmp_pa
     res = json.loads((out / "results.json").read_text())
     assert {"cappy", "cappy_adapted"} <= set(res["methods"])
     pairs = [json.loads(x) for x in open(out / "adapt" / "repeat_copy_logic" / "pairs.jsonl")]
-    assert len(pairs) == 6 * 4  # every train prompt's candidates, labelled by Rouge-L against its references
-    gold = [p for p in pairs if p["response"] in {r for ex in train for r in ex.references}]
-    assert gold and all(p["label"] == 1.0 for p in gold)
+    refs = sum(len(set(ex.references)) for ex in train)
+    # every train prompt's 4 candidates labelled by Rouge-L against its references, and each reference itself
+    assert len(pairs) == 6 * 4 + refs
+    gold = [p for p in pairs if p["source"] == "gold"]
+    assert len(gold) == refs and all(p["label"] == 1.0 for p in gold)
+    assert {p["response"] for p in gold} == {r for ex in train for r in ex.references}
+    assert all(0.0 <= p["label"] <= 1.0 for p in pairs)
+    settings = json.loads((out / "adapt" / "repeat_copy_logic" / "adapt.json").read_text())
+    # adapt_cpu (the CPU default) scaled by 0.01, the overrides on top
+    assert settings["preset"] == "adapt_cpu" and settings["config"]["num_pairs"] == round(4096 * 0.01)
+    assert settings["config"]["lr"] == 1e-3 and settings["config"]["max_length"] == 64
     assert not {p["instruction"] for p in pairs} & {ex.input for ex in val}  # never the validation prompts
     adapted = out / "adapt" / "repeat_copy_logic" / "model"
     assert json.loads((adapted / "training_data.json").read_text())["tasks"] == ["repeat_copy_logic"]

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from cappy.generate import Candidate, Decoding, Recipe, available_recipes, load_recipe, prompt_id_of
+from cappy.generate import (
+    Candidate,
+    CandidateSource,
+    Decoding,
+    Generator,
+    Recipe,
+    available_recipes,
+    load_recipe,
+    prompt_id_of,
+)
 from cappy.generate.base import stop_cut
 from cappy.generate.cache import generate_to_cache, iter_generations, read_generations, repair_torn_tail
 from conftest import REPO, minilm_path
@@ -389,3 +398,74 @@ def test_candidate_from_logprobs():
     c = Candidate.from_logprobs("x y", "greedy", 0, [-1.0, -2.0], 2)
     assert (c.logprob_sum, c.logprob_mean) == (-3.0, -1.5)
     assert Candidate.from_logprobs("x", "greedy", 0, None, 1).logprob_mean is None
+
+
+# ---------------------------------------------------------------------- load_generator and CandidateSource
+class _Words(Generator):
+    """One candidate per planned slot, made from the prompt; counts prompts. Not a language model."""
+
+    model_id = "words"
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def _generate_prompt(self, prompt, prompt_id, recipe, plan, seed):
+        self.prompts.append(prompt)
+        slots = [(d.name, i) for d in plan for i in range(d.n)]
+        return [Candidate(f"{prompt} #{k} s{seed}", n, i, -1.0, -1.0, 1) for k, (n, i) in enumerate(slots)]
+
+
+def test_load_generator_checks_backend_and_options(monkeypatch):
+    from cappy.generate import load_generator
+
+    with pytest.raises(ValueError, match="unknown generation backend 'vllm'"):
+        load_generator("vllm")
+    with pytest.raises(TypeError, match="unknown generator option"):
+        load_generator("llamacpp", n_thread=1)
+    with pytest.raises(ValueError, match="'hf' needs a model"):
+        load_generator("hf", device="cpu")
+    with pytest.raises(ValueError, match="needs base_url"):
+        load_generator("openai", "m", n_threads=2)  # another backend's option is ignored, base_url is not
+    monkeypatch.setenv("MY_KEY", "s3cret")
+    gen = load_generator("openai", "m", base_url="http://127.0.0.1:9/v1", api_key_env="MY_KEY", n_ctx=64)
+    try:
+        assert gen.api_key == "s3cret" and gen.model_id == "m"
+    finally:
+        gen.close()
+
+
+def test_candidate_source_generates_only_what_the_cache_lacks(tmp_path):
+    cache = tmp_path / "gens.jsonl"
+    built = []
+
+    def factory():
+        built.append(_Words())
+        return built[-1]
+
+    src = CandidateSource("quick", cache=cache, generator=factory, seed=3)
+    first = src.get(["a", "b", "a"])
+    assert len(built) == 1 and built[0].prompts == ["a", "b"]  # a repeated prompt is generated once
+    assert [len(c) for c in first] == [5, 5, 5] and first[0][0].text == "a #0 s3"
+    again = CandidateSource("quick", cache=cache, generator=factory, seed=3).get(["b", "a"])
+    assert len(built) == 1  # a complete cache never builds the generator
+    assert [c.text for c in again[0]] == [c.text for c in first[1]]
+    src2 = CandidateSource("quick", cache=cache, generator=factory, seed=3)
+    src2.get(["a", "c"])
+    assert built[-1].prompts == ["c"]
+    with pytest.raises(ValueError, match=r"gens\.jsonl: no candidates for 1 prompt.*prompt 2.*no generator"):
+        CandidateSource("quick", cache=cache, seed=3).get(["a", "d"])
+    other_seed = CandidateSource("quick", cache=cache, generator=factory, seed=4).get(["a"])
+    assert other_seed[0][0].text == "a #0 s4"  # another seed is another run
+    with pytest.raises(ValueError, match="several runs"):
+        CandidateSource(None, cache=cache).get(["a"])  # any recipe and seed: two runs for "a"
+    assert [c.text for c in CandidateSource(None, cache=cache).get(["c"])[0]][0] == "c #0 s3"
+    with pytest.raises(ValueError, match="a cache file, a generator, or both"):
+        CandidateSource("quick")
+
+
+def test_candidate_source_recipe_override_bypasses_the_cache(tmp_path):
+    gen = _Words()
+    src = CandidateSource("quick", cache=tmp_path / "g.jsonl", generator=gen)
+    out = src.get(["x"], recipe="paper17")
+    assert len(out[0]) == 17 and out[0][0].decoding == "greedy"  # paper17; beam4 x1 runs greedy here
+    assert not (tmp_path / "g.jsonl").exists()

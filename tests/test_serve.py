@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import httpx
 import numpy as np
@@ -25,7 +24,8 @@ import pytest
 import uvicorn
 
 from cappy import Cappy
-from cappy.serve import MicroBatcher, Overloaded, RecipeRequest, ServeConfig, ShuttingDown, create_app
+from cappy.generate import Candidate, Generator
+from cappy.serve import MicroBatcher, Overloaded, ServeConfig, ShuttingDown, create_app
 from tolerances import assert_scores_close
 
 pytestmark = pytest.mark.timeout(120)
@@ -437,62 +437,57 @@ def test_graceful_shutdown_finishes_accepted_requests(fresh_scorer, scorer):
 
 
 # ---------------------------------------------------------------------- best-of-n
-@dataclass
-class Cand:
-    text: str
-    decoding: str
-    sample_index: int
-    logprob_sum: float | None = None
+class TinyGenerator(Generator):
+    """Deterministic candidates made from the prompt's words, one per planned (decoding, sample); records every
+    prompt with its recipe. A prompt containing "crash" fails like a backend that went away. Not a language model."""
 
-
-class TinyGenerator:
-    """Deterministic candidates made from the prompt's words; records every call. Not a language model."""
+    model_id = "tiny"
 
     def __init__(self) -> None:
-        self.calls: list[tuple[list[str], object]] = []
+        self.calls: list[tuple[str, str, int, int]] = []
 
-    def generate(self, prompts, recipe):
-        self.calls.append((list(prompts), recipe))
-        if recipe.name == "unknown":
-            raise ValueError("unknown recipe 'unknown'")
-        if recipe.name == "crash":
+    def _generate_prompt(self, prompt, prompt_id, recipe, plan, seed):
+        self.calls.append((prompt, recipe.name, recipe.num_candidates, seed))
+        if "crash" in prompt:
             raise RuntimeError("backend went away")
-        k = recipe.n or 3
-        out = []
-        for p in prompts:
-            words = p.split()
-            texts = [" ".join(words[i:]) for i in range(len(words))] + ["four", "yes", "no"]
-            out.append(
-                [Cand(t, "sample", i, float("nan") if i == 2 else -0.5 * i) for i, t in enumerate(texts[: k + 1])]
-            )
-        return out
+        words = prompt.split()
+        texts = [" ".join(words[i:]) for i in range(len(words))] + ["four", "yes", "no", "maybe"] * 4
+        slots = [(d.name, i) for d in plan for i in range(d.n)]
+        return [
+            Candidate(texts[k], name, i, float("nan") if k == 2 else -0.5 * k, -0.5, 1)
+            for k, (name, i) in enumerate(slots)
+        ]
 
 
 def test_best_of_n_scores_every_candidate_and_picks_the_best(scorer):
     gen = TinyGenerator()
-    app = create_app(scorer, ServeConfig(max_items_per_request=8), generator=gen, generator_name="tiny")
+    app = create_app(
+        scorer, ServeConfig(max_items_per_request=8), generator=gen, generator_name="tiny", recipe="quick", seed=7
+    )
     prompt = "What is two plus two?"
     with running(app) as (base, _), httpx.Client(base_url=base, timeout=30) as c:
-        r = c.post("/best-of-n", json={"prompt": prompt, "n": 5, "recipe": "paper"})
+        r = c.post("/best-of-n", json={"prompt": prompt, "n": 5, "recipe": "paper17"})
         assert r.status_code == 200, r.text
         body = r.json()
-        assert gen.calls == [([prompt], RecipeRequest("paper", 5))]
+        assert gen.calls == [(prompt, "paper17", 5, 7)]  # the shipped recipe cut to n, the server's seed
         assert "/best-of-n" in c.get("/openapi.json").json()["paths"]
         texts = [x["text"] for x in body["candidates"]]
-        assert len(texts) == 5  # the generator's extra candidate is cut to n
+        assert len(texts) == 5
         assert [x["index"] for x in body["candidates"]] == list(range(5))
-        assert [x["decoding"] for x in body["candidates"]] == ["sample"] * 5
+        # paper17's first five: beam4 (greedy here: TinyGenerator has no beam search), then four plain samples
+        assert [x["decoding"] for x in body["candidates"]] == ["greedy"] + ["sample"] * 4
         assert [x.get("logprob_sum") for x in body["candidates"]] == [-0.0, -0.5, None, -1.5, -2.0]  # NaN dropped
         offline = scorer.score([prompt] * 5, texts)
         assert_scores_close([x["score"] for x in body["candidates"]], offline)  # micro-batched: float32 rounding
         assert body["chosen"] == body["candidates"][int(np.argmax(offline))]
         assert body["generator"] == "tiny" and c.get("/info").json()["generator"] == "tiny"
 
-        assert len(c.post("/best-of-n", json={"prompt": prompt}).json()["candidates"]) == 4  # the generator's own
-        assert gen.calls[-1][1] == RecipeRequest(None, None)
+        assert len(c.post("/best-of-n", json={"prompt": prompt}).json()["candidates"]) == 5  # quick makes 5
+        assert gen.calls[-1] == (prompt, "quick", 5, 7)
         for payload, status, kind in [
             ({"prompt": prompt, "recipe": "unknown"}, 400, "bad_recipe"),
-            ({"prompt": prompt, "recipe": "crash"}, 502, "generator_failed"),
+            ({"prompt": prompt, "recipe": "quick", "n": 6}, 400, "bad_recipe"),  # quick makes at most 5
+            ({"prompt": "please crash", "n": 2}, 502, "generator_failed"),
             ({"prompt": "", "n": 2}, 400, "empty_input"),
             ({"prompt": prompt, "n": 9}, 413, "too_many_items"),
             ({"prompt": prompt, "n": 0}, 422, "validation"),

@@ -81,11 +81,13 @@ def test_config_yaml_overrides_and_errors(tmp_path):
 def test_shipped_configs_load(tmp_path):
     from conftest import REPO
 
-    adapt = TrainConfig.from_yaml(
-        REPO / "configs" / "adapt_paper.yaml", {"model": "m", "train": "t", "output_dir": "o"}
-    )
+    adapt = TrainConfig.from_yaml("adapt_paper", {"model": "m", "train": "t", "output_dir": "o"})
     assert (adapt.lr, adapt.weight_decay, adapt.warmup_ratio) == (2e-5, 0.0, 0.1)
     assert (adapt.batch_size, adapt.num_pairs, adapt.max_length) == (128, 102400, 512)
+    cpu = TrainConfig.from_yaml("adapt_cpu", {"model": "m", "train": "t", "output_dir": "o"})
+    assert cpu.num_pairs < adapt.num_pairs and cpu.lr > 0
+    with pytest.raises(FileNotFoundError, match="adapt_cpu"):  # the error lists the shipped presets
+        TrainConfig.from_yaml("no_such_preset")
     mini = TrainConfig.from_yaml(REPO / "configs" / "pretrain_mini.yaml", {"train": "t", "output_dir": "o"})
     assert (
         resolve_base_model(mini.model) and __import__("pathlib").Path(resolve_base_model(mini.model)) / "config.json"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Cappy", "best_of_n", "__version__"]
+__all__ = ["Cappy", "adapt", "best_of_n", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from cappy.model import Cappy
 
         return Cappy
+    if name == "adapt":  # the function; its module is cappy.adaptation
+        from cappy.adaptation import adapt
+
+        return adapt
     if name == "best_of_n":
         from cappy.boost import best_of_n
 

@@ -505,12 +505,23 @@ class Cappy:
             logits = self.model(**batch).logits
         return logits.reshape(-1).float().cpu().numpy()
 
-    def _score_chunk(self, instructions: list[str], responses: list[str], out: np.ndarray, pbar: Any) -> np.ndarray:
-        """Fill ``out`` with the chunk's scores; returns the encoded length of each pair."""
+    def _score_chunk(
+        self,
+        instructions: list[str],
+        responses: list[str],
+        out: np.ndarray,
+        pbar: Any,
+        shard: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """Fill ``out`` with the chunk's scores (with ``shard=(rank, world)`` only those of every world-th forward
+        batch from rank on; the rest stay NaN); returns the encoded length of each pair."""
         enc = self.encode(instructions, responses)
         lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(instructions))
         order = np.argsort(-lengths, kind="stable")
         pending = list(self._batches(lengths, order))
+        if shard is not None:
+            out[:] = np.nan
+            pending = pending[shard[0] :: shard[1]]
         while pending:
             idx = pending.pop(0)
             try:
@@ -537,11 +548,15 @@ class Cappy:
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         return_lengths: bool = False,
+        shard: tuple[int, int] | None = None,
     ) -> float | np.ndarray | tuple[float | np.ndarray, int | np.ndarray]:
         """Score pairs. Two strings give a float; lists (or one str and a list) give a float32 array in input order.
 
         ``return_lengths=True`` also gives each pair's token count as scored (after truncation, without padding):
         ``(scores, lengths)``, an int64 array beside the array (an int beside the float).
+        ``shard=(rank, world)`` runs only this process's share of the forward batches that one process would run
+        (every world-th from ``rank``) and leaves the other scores NaN: merging the shares of all ranks gives the
+        one-process scores exactly (see :func:`cappy.batch.score_jsonl` under accelerate or torchrun).
 
         Example:
             >>> scorer.score("What is 2+2?", "4")
@@ -552,6 +567,8 @@ class Cappy:
             (array([0.91, 0.12], dtype=float32), array([9, 9]))
         """
         instr, resp, single = _as_pairs(instructions, responses)
+        if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
         if batch_size is not None:
             if batch_size < 1:
                 raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -567,7 +584,8 @@ class Cappy:
         try:
             for s in range(0, len(instr), _CHUNK):
                 view = out[s : s + _CHUNK]
-                lengths[s : s + _CHUNK] = self._score_chunk(instr[s : s + _CHUNK], resp[s : s + _CHUNK], view, pbar)
+                chunk = (instr[s : s + _CHUNK], resp[s : s + _CHUNK])
+                lengths[s : s + _CHUNK] = self._score_chunk(*chunk, view, pbar, shard)
         finally:
             if pbar is not None:
                 pbar.close()
@@ -583,6 +601,7 @@ class Cappy:
         groups_of_responses: Sequence[Sequence[str]],
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> list[np.ndarray]:
         """Score every response of every group against its instruction in one batched :meth:`score` call.
 
@@ -613,7 +632,9 @@ class Cappy:
             return []
         flat_instr = [s for s, group in zip(instructions, groups_of_responses) for _ in group]
         flat_resp = [r for group in groups_of_responses for r in group]
-        flat = self.score(flat_instr, flat_resp, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        flat = self.score(
+            flat_instr, flat_resp, batch_size=batch_size, show_progress_bar=show_progress_bar, shard=shard
+        )
         bounds = np.cumsum([len(group) for group in groups_of_responses])[:-1]
         return np.split(flat, bounds)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,30 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from cappy.data.pairs import BuildOptions, Mixture, PairBuilder
 
-    mix = Mixture.from_yaml(args.mixture)
-    if args.seed is not None:
-        mix.seed = args.seed
-    if args.shard_rows is not None:
-        if args.shard_rows < 1:
-            raise ValueError("--shard-rows must be >= 1")
-        mix.shard_rows = args.shard_rows
-    if args.data_root is not None:
-        mix.data_root = str(Path(args.data_root).resolve())
-    mix.generations = list(mix.generations) + [str(Path(g).resolve()) for g in args.generations]
-    opts = BuildOptions(
-        allow_heldout=args.allow_heldout,
-        skip_bad=args.skip_bad,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-        keep_state=args.keep_state,
-    )
+    mix = Mixture.from_yaml(args.mixture, args.seed, args.shard_rows, args.data_root, args.generations)
+    opts = BuildOptions(args.allow_heldout, args.skip_bad, not args.no_progress, args.overwrite, args.keep_state)
     start = time.perf_counter()
-    manifest = PairBuilder(mix, args.out, opts).build()
-    took = time.perf_counter() - start
-    src = ", ".join(f"{k} {v}" for k, v in sorted(manifest["sources"].items()))
+    m = PairBuilder(mix, args.out, opts).build()
+    src = ", ".join(f"{k} {v}" for k, v in sorted(m["sources"].items()))
     print(
-        f"cappy data build: {manifest['rows']} pairs in {len(manifest['shards'])} shards ({src}); "
-        f"{manifest['duplicates']['total']} duplicates dropped; {took:.1f}s -> {args.out}",
+        f"cappy data build: {m['rows']} pairs in {len(m['shards'])} shards ({src}); {m['duplicates']['total']} "
+        f"duplicates dropped; {time.perf_counter() - start:.1f}s -> {args.out}",
         file=sys.stderr,
     )
     return 0
@@ -94,11 +77,7 @@ def run_build(args: argparse.Namespace) -> int:
 def run_prompts(args: argparse.Namespace) -> int:
     from cappy.data.pairs import Mixture, export_prompts
 
-    mix = Mixture.from_yaml(args.mixture)
-    if args.seed is not None:
-        mix.seed = args.seed
-    if args.data_root is not None:
-        mix.data_root = str(Path(args.data_root).resolve())
+    mix = Mixture.from_yaml(args.mixture, seed=args.seed, data_root=args.data_root)
     counts = export_prompts(
         mix,
         args.out,
@@ -136,12 +115,9 @@ def run_split(args: argparse.Namespace) -> int:
 
     from cappy.data.split import SplitConfig, split_pairs
 
-    caps = {}
-    for c in args.cap:
-        name, sep, n = c.rpartition("=")
-        if not sep or not n.isdigit():
-            raise ValueError(f"--cap {c!r}: expected TASK=ROWS")
-        caps[name] = int(n)
+    caps = {name: int(n) for name, _, n in (c.rpartition("=") for c in args.cap) if name and n.isdigit()}
+    if len(caps) != len(args.cap):
+        raise ValueError(f"--cap {args.cap}: each must be TASK=ROWS")
     summary = split_pairs(args.source, args.out, SplitConfig(args.dev_fraction, args.max_dev_rows, caps, args.seed))
     print(json.dumps(summary, indent=2))
     return 0

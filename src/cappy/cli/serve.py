@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import sys
-from typing import Any
 
-from cappy.cli import DTYPE_HELP
+from cappy.cli import BACKENDS, DTYPE_HELP
 
 DEFAULT_MODEL = "cappy-mini"
-CPU_TOKEN_BUDGET = 2048
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,19 +14,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory, embedded name or hub id")
     p.add_argument("--model-name", default=None, help="the name /info and /v1/rerank report (default: --model)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        help=DTYPE_HELP,
-    )
+    p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     p.add_argument("--max-length", type=int, default=None, help="max tokens per pair (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=64, help="max pairs per forward pass")
     p.add_argument(
         "--max-tokens-per-batch",
         type=int,
         default=None,
-        help=f"token budget of one forward pass (default: {CPU_TOKEN_BUDGET} on CPU, where small length-sorted "
-        "batches waste less padding on a micro-batch of mixed lengths; the library default elsewhere)",
+        help="token budget of one forward pass (default: 2048 on CPU, where small length-sorted batches waste less "
+        "padding on a micro-batch of mixed lengths; 16384 elsewhere)",
     )
     p.add_argument(
         "--num-threads",
@@ -56,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--graceful-timeout", type=float, default=30.0, help="seconds to finish accepted requests on shutdown"
     )
     g = p.add_argument_group("generator (enables /best-of-n)")
-    g.add_argument("--generator", choices=("llamacpp", "hf", "openai"), default=None, help="a cappy.generate backend")
+    g.add_argument("--generator", choices=BACKENDS, default=None, help="a cappy.generate backend")
     g.add_argument(
         "--gen-model",
         default=None,
@@ -72,91 +63,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_serve)
 
 
-def _generator(args: argparse.Namespace) -> tuple[Any, str, Any]:
-    """(generator, name, recipe_factory) for --generator, built by `cappy generate`'s own builder."""
-    from cappy.cli.generate import build_generator
-    from cappy.serve.generation import SeededGenerator, recipe_factory
-
-    make_recipe = recipe_factory(args.recipe)
-    ns = argparse.Namespace(
-        backend=args.generator,
-        gen_model=args.gen_model,
-        base_url=args.gen_base_url,
-        device=args.gen_device,
-        dtype=args.gen_dtype,
-        n_threads=args.gen_threads,
-        n_ctx=1024,
-        api_key_env="OPENAI_API_KEY",
-        endpoint="completions",
-        timeout=60.0,
-        max_retries=3,
-        concurrency=4,
-        no_server_extensions=False,
-    )
-    generator = build_generator(ns)
-    name = f"{args.generator}:{getattr(generator, 'model_id', args.gen_model)}"
-    return SeededGenerator(generator, seed=args.gen_seed), name, make_recipe
-
-
-def _stopped(signum: int, frame: Any) -> None:
-    print("cappy serve: stopped after finishing accepted requests", file=sys.stderr, flush=True)
-    sys.exit(0)
-
-
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from cappy.serve import ServeConfig, serve
 
-    from cappy.model import Cappy, resolve_device
-    from cappy.serve import ServeConfig, create_app
-
-    api_key = args.api_key if args.api_key is not None else os.environ.get("CAPPY_API_KEY") or None
     config = ServeConfig(
         max_items_per_request=args.max_items,
         max_batch_pairs=args.max_batch_pairs,
         max_wait_ms=args.max_wait_ms,
         max_queue_pairs=args.max_queue,
         max_body_bytes=int(args.max_body_mb * 2**20),
-        api_key=api_key,
+        api_key=args.api_key,
         model_name=args.model_name or str(args.model),
     )
-    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        print(
-            f"cappy serve: warning: listening on {args.host} without --api-key; anyone who reaches it can use it",
-            file=sys.stderr,
-        )
-    generator, gen_name, make_recipe = _generator(args) if args.generator else (None, None, None)
-    import torch
+    generator = name = None
+    if args.generator:
+        from cappy.generate import load_generator, load_recipe
 
-    on_cpu = resolve_device(args.device).type == "cpu"
-    threads = args.num_threads
-    if threads is None and on_cpu:
-        threads = max(1, torch.get_num_threads() - 1)
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--num-threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    budget = args.max_tokens_per_batch
-    if budget is None:
-        budget = CPU_TOKEN_BUDGET if on_cpu else 16384
-    scorer = Cappy.from_pretrained(
+        load_recipe(args.recipe)  # a bad recipe fails before any model loads
+        options = {"base_url": args.gen_base_url, "device": args.gen_device, "dtype": args.gen_dtype}
+        generator = load_generator(args.generator, args.gen_model, n_threads=args.gen_threads, **options)
+        name = f"{args.generator}:{generator.model_id}"
+    serve(
         args.model,
+        config,
+        host=args.host,
+        port=args.port,
         device=args.device,
         dtype=args.dtype,
         max_length=args.max_length,
         batch_size=args.batch_size,
-        max_tokens_per_batch=budget,
-    )
-    extra = {"recipe_factory": make_recipe} if make_recipe is not None else {}
-    app = create_app(scorer, config, generator=generator, generator_name=gen_name, **extra)
-    print(f"cappy serve: {scorer!r} on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    # uvicorn turns SIGTERM into a graceful shutdown, then re-raises it; this handler makes that a clean exit.
-    signal.signal(signal.SIGTERM, _stopped)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
+        max_tokens_per_batch=args.max_tokens_per_batch,
+        num_threads=args.num_threads,
+        generator=generator,
+        generator_name=name,
+        recipe=args.recipe,
+        seed=args.gen_seed,
         log_level=args.log_level,
-        timeout_graceful_shutdown=args.graceful_timeout,
-        access_log=args.log_level == "debug",
+        graceful_timeout=args.graceful_timeout,
     )
     return 0

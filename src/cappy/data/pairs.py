@@ -138,8 +138,18 @@ class Mixture:
     base_dir: str = "."
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> Mixture:
-        """Read a mixture file; relative paths in it are relative to the file's folder."""
+    def from_yaml(
+        cls,
+        path: str | os.PathLike,
+        seed: int | None = None,
+        shard_rows: int | None = None,
+        data_root: str | os.PathLike | None = None,
+        generations: Sequence[str | os.PathLike] = (),
+    ) -> Mixture:
+        """Read a mixture file; relative paths in it are relative to the file's folder. The keyword arguments
+        replace the file's seed, shard_rows and data_root, and add generation caches (paths relative to the
+        working directory). Example: ``Mixture.from_yaml("configs/mixtures/offline.yaml", seed=1)``
+        """
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -147,7 +157,17 @@ class Mixture:
             raise MixtureError(f"{path}: malformed YAML ({err})") from None
         if not isinstance(data, dict):
             raise MixtureError(f"{path}: a mixture is a YAML mapping")
-        return cls.from_dict(data, base_dir=str(path.resolve().parent), origin=str(path))
+        mix = cls.from_dict(data, base_dir=str(path.resolve().parent), origin=str(path))
+        if seed is not None:
+            mix.seed = seed
+        if shard_rows is not None:
+            if shard_rows < 1:
+                raise MixtureError(f"shard_rows must be >= 1, got {shard_rows}")
+            mix.shard_rows = shard_rows
+        if data_root is not None:
+            mix.data_root = str(Path(data_root).resolve())
+        mix.generations = list(mix.generations) + [str(Path(g).resolve()) for g in generations]
+        return mix
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: str = ".", origin: str = "<mixture>") -> Mixture:

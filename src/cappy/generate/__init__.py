@@ -1,4 +1,5 @@
-"""Candidate generation from LLMs: one ``Generator`` interface, three backends, recipes and a resumable cache.
+"""Candidate generation from LLMs: one ``Generator`` interface, three backends (``load_generator``), recipes, a
+resumable cache and ``CandidateSource`` (cache or generate).
 
 Backends are imported lazily so that ``import cappy.generate`` needs neither llama-cpp-python nor a server.
 Example:
@@ -22,6 +23,7 @@ from cappy.generate.base import (
     prompt_id_of,
 )
 from cappy.generate.cache import generate_to_cache, iter_generations, read_generations
+from cappy.generate.source import BACKENDS, CandidateSource, load_generator
 
 _LAZY = {
     "LlamaCppGenerator": "cappy.generate.llamacpp",
@@ -42,6 +44,9 @@ __all__ = [
     "generate_to_cache",
     "iter_generations",
     "read_generations",
+    "BACKENDS",
+    "CandidateSource",
+    "load_generator",
     *_LAZY,
 ]
 

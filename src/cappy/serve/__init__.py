@@ -7,7 +7,8 @@ Example:
     >>> # uvicorn.run(app, host="127.0.0.1", port=8080), or `cappy serve --model cappy-mini`
 """
 
-from cappy.serve.app import Generator, RecipeRequest, ServeConfig, create_app
+from cappy.serve.app import ServeConfig, create_app
 from cappy.serve.batcher import MicroBatcher, Overloaded, ShuttingDown
+from cappy.serve.server import serve
 
-__all__ = ["Generator", "MicroBatcher", "Overloaded", "RecipeRequest", "ServeConfig", "ShuttingDown", "create_app"]
+__all__ = ["MicroBatcher", "Overloaded", "ServeConfig", "ShuttingDown", "create_app", "serve"]

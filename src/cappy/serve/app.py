@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import torch
@@ -31,8 +31,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cappy.generate import CandidateSource, Generator
 from cappy.model import Cappy, encode_pairs
 from cappy.serve.batcher import MicroBatcher, Overloaded, ShuttingDown
+from cappy.serve.generation import recipe_factory
 
 logger = logging.getLogger(__name__)
 
@@ -80,24 +82,6 @@ class ServeConfig:
             )
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty; leave it unset to serve without a key")
-
-
-@dataclass(frozen=True)
-class RecipeRequest:
-    """What /best-of-n asks a generator for: a recipe name (or None for its default) and how many candidates."""
-
-    name: str | None
-    n: int | None
-
-
-class Generator(Protocol):
-    """Anything that turns prompts into candidates: ``generate(prompts, recipe)`` -> one list per prompt.
-
-    Each candidate has ``.text`` (or is a mapping with "text") and may have ``decoding``, ``logprob_sum``, ...
-    ``recipe`` is whatever ``recipe_factory(name, n)`` made (by default a :class:`RecipeRequest`).
-    """
-
-    def generate(self, prompts: list[str], recipe: Any) -> list[list[Any]]: ...
 
 
 class ApiError(Exception):
@@ -391,22 +375,30 @@ def _telemetry_off() -> dict[str, Any]:
     return {}
 
 
+def with_env_api_key(config: ServeConfig) -> ServeConfig:
+    """``config`` with ``api_key`` from $CAPPY_API_KEY when it has none (the one place that reads it)."""
+    if config.api_key is None and os.environ.get(API_KEY_ENV):
+        return replace(config, api_key=os.environ[API_KEY_ENV])
+    return config
+
+
 def create_app(
     scorer: Cappy,
     config: ServeConfig | None = None,
     generator: Generator | None = None,
     generator_name: str | None = None,
-    recipe_factory: Callable[[str | None, int | None], Any] = RecipeRequest,
+    recipe: str = "quick",
+    seed: int = 0,
 ) -> FastAPI:
-    """Build the FastAPI app around a loaded scorer (and optionally a generator for /best-of-n).
+    """Build the FastAPI app around a loaded scorer (and optionally a :class:`cappy.generate.Generator` for
+    /best-of-n: ``recipe`` is its default recipe, a shipped name or a YAML file; requests may name shipped recipes
+    only; every sample is seeded from ``seed``).
 
     Example:
         >>> app = create_app(Cappy.from_pretrained("cappy-mini"), ServeConfig(api_key="s3cret"))
         >>> uvicorn.run(app, host="127.0.0.1", port=8080)
     """
-    config = config or ServeConfig()
-    if config.api_key is None and os.environ.get(API_KEY_ENV):
-        config = replace(config, api_key=os.environ[API_KEY_ENV])
+    config = with_env_api_key(config or ServeConfig())
     model_name = config.model_name or str(scorer.name_or_path or type(scorer.model).__name__)
     batcher = MicroBatcher(
         # with the token counts of the encoding it scored, for /v1/rerank's usage (no second tokenization)
@@ -416,7 +408,11 @@ def create_app(
         max_queue_pairs=config.max_queue_pairs,
         returns_lengths=True,
     )
-    gen_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cappy-generate") if generator else None
+    gen_executor = candidates = make_recipe = None
+    if generator is not None:
+        make_recipe = recipe_factory(recipe)
+        candidates = CandidateSource(make_recipe(None, None), generator=generator, seed=seed)
+        gen_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cappy-generate")
     page = resources.files("cappy.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     state = {"closing": False, "disconnected": 0}
 
@@ -625,7 +621,7 @@ def create_app(
         summary="Generate n candidates for a prompt, score them all, return them with the best one",
     )
     async def best_of_n(body: BestOfNRequest, request: Request) -> JSONResponse:
-        if generator is None or gen_executor is None:
+        if candidates is None or gen_executor is None or make_recipe is None:
             raise ApiError(
                 501, "no_generator", "this server has no generator; start it with --generator to use /best-of-n"
             )
@@ -636,14 +632,14 @@ def create_app(
             raise ShuttingDown("the server is shutting down")
         loop = asyncio.get_running_loop()
         try:
-            recipe = recipe_factory(body.recipe, body.n)
+            asked = make_recipe(body.recipe, body.n)
             produced = await _unless_disconnected(
-                request, loop.run_in_executor(gen_executor, generator.generate, [body.prompt], recipe)
+                request, loop.run_in_executor(gen_executor, candidates.get, [body.prompt], None, asked)
             )
             cands = [_candidate_fields(c) for c in produced[0]][: body.n or config.max_items_per_request]
         except (_ClientGone, asyncio.CancelledError):
             raise
-        except (ValueError, KeyError) as err:  # the generator rejected the request, e.g. an unknown recipe name
+        except (ValueError, KeyError) as err:  # an unknown recipe name, or a recipe the generator rejects
             raise ApiError(400, "bad_recipe", f"the generator rejected the request: {err}") from None
         except Exception as err:
             logger.exception("generation failed")

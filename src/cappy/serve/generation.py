@@ -1,4 +1,4 @@
-"""Wiring /best-of-n to cappy.generate: request (recipe name, n) -> a Recipe, and a seeded generator.
+"""Wiring /best-of-n to cappy.generate: a request's (recipe name, n) -> a Recipe.
 
 Only shipped recipe names (and the one the operator configured) are accepted from a request: a recipe may be a
 file path, and HTTP clients must not choose files on the server.
@@ -44,22 +44,3 @@ def recipe_factory(default: str = "quick") -> Callable[[str | None, int | None],
         return dataclasses.replace(recipe, decodings=tuple(decodings))
 
     return make
-
-
-class SeededGenerator:
-    """Adapts a :class:`cappy.generate.Generator` to the server's ``generate(prompts, recipe)`` with a fixed seed.
-
-    Example: ``SeededGenerator(LlamaCppGenerator(), seed=7).generate(["Q: 2+2?\\nA:"], recipe)``
-    """
-
-    def __init__(self, generator: Any, seed: int = 0) -> None:
-        self.generator = generator
-        self.seed = seed
-
-    def generate(self, prompts: list[str], recipe: Any) -> list[list[Any]]:
-        return self.generator.generate(prompts, recipe, seed=self.seed)
-
-    def close(self) -> None:
-        close = getattr(self.generator, "close", None)
-        if close is not None:
-            close()

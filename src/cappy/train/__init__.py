@@ -2,7 +2,7 @@
 
 Example:
     >>> from cappy.train import TrainConfig, train
-    >>> train(TrainConfig.from_yaml("configs/adapt_paper.yaml", {"model": "cappy-mini", "train": ["pairs/"],
+    >>> train(TrainConfig.from_yaml("adapt_paper", {"model": "cappy-mini", "train": ["pairs/"],
     ...       "output_dir": "out/task"}))
 """
 

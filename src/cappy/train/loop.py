@@ -104,7 +104,7 @@ class Trainer:
     """Runs one :class:`TrainConfig` as one process or as one rank of ``accelerate launch`` / ``torchrun``.
 
     Example:
-        >>> Trainer(TrainConfig.from_yaml("configs/adapt_paper.yaml", {"model": "cappy-mini", "train": ["p/"],
+        >>> Trainer(TrainConfig.from_yaml("adapt_paper", {"model": "cappy-mini", "train": ["p/"],
         ...         "output_dir": "out/task"})).train()
         {'updates': 800, 'pairs': 102400, 'dev_mse': 0.081, ...}
     """

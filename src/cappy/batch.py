@@ -1,0 +1,251 @@
+"""File jobs: score or rank the rows of a JSONL file, and boost a file of prompts (what `cappy score`, `cappy rank`
+and `cappy boost` run). Every bad row is an error naming its file and line, unless skipping is asked for (then it is
+counted).
+
+Scoring and ranking split across processes when started by `accelerate launch` or `torchrun` (WORLD_SIZE > 1):
+every process reads the whole input, runs its share of the forward batches one process would run
+(``Cappy.score(shard=...)``), and the first process gathers the shares and writes the one output in input order,
+the same scores as one process.
+
+Example:
+    >>> score_jsonl(Cappy.from_pretrained("cappy-mini"), "pairs.jsonl", "scored.jsonl")
+    {'rows': 3, 'bad_lines': 0}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from cappy.io import atomic_write, dumps, iter_jsonl
+
+ROWS_PER_CHUNK = 2048  # rows scored per Cappy.score call: bounds memory on huge files
+
+
+def _field(row: dict[str, Any], name: str, kind: type) -> Any:
+    if name not in row:
+        raise ValueError(f"missing field {name!r}")
+    value = row[name]
+    if not isinstance(value, kind):
+        raise ValueError(f"field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+    if kind is list:
+        if not value:
+            raise ValueError(f"field {name!r} is an empty list")
+        for i, v in enumerate(value):
+            if not isinstance(v, str):
+                raise ValueError(f"{name}[{i}] must be str, got {type(v).__name__}")
+    return value
+
+
+def _valid_rows(
+    path: str, fields: list[tuple[str, type]], skip_bad_lines: bool, stats: dict[str, int]
+) -> Iterator[tuple[dict[str, Any], list[Any]]]:
+    for lineno, row in iter_jsonl(path, skip_bad_lines=skip_bad_lines, stats=stats):
+        try:
+            values = [_field(row, name, kind) for name, kind in fields]
+        except ValueError as err:
+            if not skip_bad_lines:
+                raise ValueError(f"{path}:{lineno}: {err}") from None
+            stats["bad_lines"] += 1
+            continue
+        yield row, values
+
+
+def _state() -> Any:
+    import torch
+    from accelerate import PartialState
+
+    # without cpu=True on a machine without CUDA, accelerate ignores a multi-process launch (every process alone)
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def process_group() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: (0, 1) unless started by accelerate/torchrun with several processes
+    (then the process group is set up through accelerate, gloo on CPU, nccl on GPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    state = _state()
+    return state.process_index, state.num_processes
+
+
+def process_device(device: str = "auto") -> str:
+    """``device``, except that "auto" in a multi-process run is this process's own device (cuda:LOCAL_RANK)."""
+    if device != "auto" or process_group()[1] == 1:
+        return device
+    return str(_state().device)
+
+
+def _merge(parts: list[Any]) -> Any:
+    """One array from the ranks' shares: each score is NaN on every rank but the one that computed it."""
+    import numpy as np
+
+    out = np.array(parts[0], dtype=np.float32, copy=True)
+    for p in parts[1:]:
+        out = np.where(np.isnan(out), p, out)
+    return out
+
+
+def _sharded(method: Any, rank: int, world: int, *args: Any) -> Any:
+    """``method(*args, shard=...)`` on every rank, merged on all of them (a plain call in one process)."""
+    if world == 1:
+        return method(*args)
+    from accelerate.utils import gather_object
+
+    mine = method(*args, shard=(rank, world))
+    parts = gather_object([mine])
+    if isinstance(mine, list):  # score_groups: one array per instruction
+        return [_merge([p[i] for p in parts]) for i in range(len(mine))]
+    return _merge(parts)
+
+
+def score_jsonl(
+    scorer: Any,
+    input: str,
+    output: str,
+    instruction_field: str = "instruction",
+    response_field: str = "response",
+    skip_bad_lines: bool = False,
+) -> dict[str, int]:
+    """Each row of ``input`` (``-`` = stdin) with a "score" added, to ``output`` (atomic; ``-`` = stdout).
+
+    Under accelerate/torchrun the processes share the work and the first one writes (see the module docstring).
+    """
+    rank, world = process_group()
+    stats: dict[str, int] = {"bad_lines": 0}
+    rows = _valid_rows(input, [(instruction_field, str), (response_field, str)], skip_bad_lines, stats)
+    n = 0
+    with _writer(output, rank) as out:
+        while chunk := list(islice(rows, ROWS_PER_CHUNK)):
+            instr, resp = [v[0] for _, v in chunk], [v[1] for _, v in chunk]
+            scores = _sharded(scorer.score, rank, world, instr, resp)
+            for (row, _), s in zip(chunk, scores):
+                out.write(dumps({**row, "score": float(s)}) + "\n")
+            n += len(chunk)
+    return {"rows": n, "bad_lines": stats["bad_lines"], "rank": rank, "world_size": world}
+
+
+@contextlib.contextmanager
+def _writer(output: str, rank: int) -> Iterator[Any]:
+    """The atomic output file on the first process; elsewhere a sink (those processes only compute)."""
+    if rank == 0:
+        with atomic_write(output) as f:
+            yield f
+    else:
+        with open(os.devnull, "w") as f:
+            yield f
+
+
+def rank_jsonl(
+    scorer: Any,
+    input: str,
+    output: str,
+    instruction_field: str = "instruction",
+    candidates_field: str = "candidates",
+    skip_bad_lines: bool = False,
+) -> dict[str, int]:
+    """Each row with "scores" (one per candidate) and "best" (the index of the highest; ties: the first)."""
+    rank, world = process_group()
+    stats: dict[str, int] = {"bad_lines": 0}
+    rows = _valid_rows(input, [(instruction_field, str), (candidates_field, list)], skip_bad_lines, stats)
+    n = 0
+    with _writer(output, rank) as out:
+        while chunk := list(islice(rows, ROWS_PER_CHUNK)):
+            instr, cands = [v[0] for _, v in chunk], [v[1] for _, v in chunk]
+            groups = _sharded(scorer.score_groups, rank, world, instr, cands)
+            for (row, _), group in zip(chunk, groups):
+                scores = [float(x) for x in group]
+                best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+                out.write(dumps({**row, "scores": scores, "best": best}) + "\n")
+            n += len(chunk)
+    return {"rows": n, "bad_lines": stats["bad_lines"], "rank": rank, "world_size": world}
+
+
+def read_prompts(
+    path: str | Path, prompt_field: str = "prompt", id_field: str = "id"
+) -> list[tuple[int, str, str | None, dict[str, Any]]]:
+    """``(line, prompt, id or None, row)`` for each JSONL row; a missing or non-string prompt is an error.
+
+    Example: ``[p for _, p, _, _ in read_prompts("prompts.jsonl")]``
+    """
+    out = []
+    for lineno, row in iter_jsonl(str(path)):
+        prompt = row.get(prompt_field)
+        if not isinstance(prompt, str):
+            got = "missing" if prompt_field not in row else f"a {type(prompt).__name__}"
+            raise ValueError(f"{path}:{lineno}: field {prompt_field!r} must be a string, it is {got}")
+        pid = row.get(id_field)
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, str | int)):
+            raise ValueError(f"{path}:{lineno}: field {id_field!r} must be a string or int")
+        out.append((lineno, prompt, str(pid) if pid is not None else None, row))
+    return out
+
+
+def _references(path: str | Path, lineno: int, row: dict[str, Any], field: str) -> list[str] | None:
+    if field not in row:
+        return None
+    refs = row[field]
+    refs = [refs] if isinstance(refs, str) else refs
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+        raise ValueError(f"{path}:{lineno}: field {field!r} must be a string or a non-empty list of strings")
+    return refs
+
+
+def boost_jsonl(
+    input: str | Path,
+    output: str | Path,
+    candidates: Any,
+    scorer: Any = None,
+    strategies: list[str] | None = None,
+    prompt_field: str = "prompt",
+    id_field: str = "id",
+    references_field: str = "references",
+    seed: int = 0,
+    summary: str | Path | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Pick a candidate per prompt of ``input`` with each strategy; ``candidates`` is a
+    :class:`cappy.generate.CandidateSource`. Writes one row per prompt (candidates, scores, choices) and returns
+    the summary: prompts, strategies, mean Rouge-L x100 per strategy (when rows have references), chosen decodings.
+    """
+    from cappy.boost import boost_candidates, check_strategy, summarize
+    from cappy.generate.base import prompt_id_of
+
+    strategies = [check_strategy(s) for s in (strategies or ["cappy"])]
+    rows = read_prompts(input, prompt_field, id_field)
+    refs = [_references(input, ln, row, references_field) for ln, _, _, row in rows]
+    have = [r is not None for r in refs]
+    if any(have) and not all(have):
+        raise ValueError(
+            f"{input}:{rows[have.index(False)][0]}: field {references_field!r} is missing (other rows have it)"
+        )
+    references = refs if rows and all(have) else None
+    if references is None and any(s.startswith("oracle:") for s in strategies):
+        raise ValueError(f"oracle strategies need references: rows of {input} have no {references_field!r}")
+    if "cappy" in strategies and scorer is None:
+        raise ValueError("strategy 'cappy' needs a scorer")
+    try:
+        cands = candidates.get([p for _, p, _, _ in rows], [i for _, _, i, _ in rows])
+    finally:
+        candidates.close()
+    prompts = [p for _, p, _, _ in rows]
+    results = boost_candidates(prompts, cands, scorer, strategies, references, seed=seed, show_progress=show_progress)
+    with atomic_write(output) as out:
+        for (_, prompt, pid, _), res in zip(rows, results):
+            out.write(dumps({"prompt_id": pid if pid is not None else prompt_id_of(prompt), **res.to_dict()}) + "\n")
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for s in strategies:
+        for r in results:
+            d = r.candidates[r.chosen[s]].decoding
+            counts[s][d] = counts[s].get(d, 0) + 1
+    means = {s: 100.0 * v for s, v in summarize(results).items()}  # summarize gives fractions; the report, x100
+    report = {"prompts": len(results), "strategies": strategies, "rouge_l_x100": means, "chosen_decodings": counts}
+    if summary:
+        with atomic_write(summary) as f:
+            f.write(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,149 @@
+"""cappy.adapt / `cappy adapt`: candidates (cached or generated) labelled against references, then a trained copy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cappy import Cappy, adapt
+from cappy.adaptation import AdaptExample, adaptation_pairs, as_examples, read_examples
+from cappy.cli import main
+from cappy.generate import Candidate, CandidateSource, Generator, read_generations
+from cappy.metrics import rouge_l
+
+# a tiny run: 64 pairs in batches of 8 at length 64, a large lr so 8 updates visibly move the scores
+FAST = {"num_pairs": 64, "batch_size": 8, "per_device_batch_size": 8, "max_length": 64, "lr": 1e-3}
+
+EXAMPLES = [
+    {"instruction": "Q: What is the capital of France?\nA:", "references": ["Paris"]},
+    {"instruction": "Q: Name a primary colour.\nA:", "references": ["red", "blue", "yellow"]},
+    {"instruction": "Q: What is 2+2?\nA:", "references": "4"},
+]
+
+
+class EchoGenerator(Generator):
+    """Candidates from fixed texts, one per planned (decoding, sample); counts the prompts it is asked for."""
+
+    model_id = "echo"
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def _generate_prompt(self, prompt, prompt_id, recipe, plan, seed):
+        self.prompts.append(prompt)
+        texts = ["Paris", "I am not sure", "red and blue", "4 apples", "London", "yes", "no", "maybe"]
+        slots = [(d.name, i) for d in plan for i in range(d.n)]
+        return [Candidate(texts[k % len(texts)], n, i, -1.0 - k, -1.0, 2) for k, (n, i) in enumerate(slots)]
+
+
+def test_examples_are_normalised_and_bad_ones_named():
+    exs = as_examples([EXAMPLES[2], ("Q: hi", ["hello", "hey"])])
+    assert [e.references for e in exs] == [["4"], ["hello", "hey"]]
+    with pytest.raises(ValueError, match="example 0: needs an 'instruction'"):
+        as_examples([{"question": "q", "references": ["a"]}])
+    with pytest.raises(ValueError, match="every reference is empty"):
+        AdaptExample("q", ["", " "])
+    with pytest.raises(ValueError, match="at least one"):
+        as_examples([])
+
+
+def test_pairs_label_candidates_by_rouge_and_add_the_references():
+    exs = as_examples(EXAMPLES[:2])
+    cands = [[Candidate("Paris", "greedy", 0, -1, -1, 1), Candidate("the city of Paris", "sample", 0, -2, -1, 4)]]
+    cands.append([Candidate("green", "greedy", 0, -1, -1, 1)])
+    rows = adaptation_pairs(exs, cands)
+    gold = [r for r in rows if r["source"] == "gold"]
+    assert [(r["response"], r["label"]) for r in gold] == [
+        ("Paris", 1.0),
+        ("red", 1.0),
+        ("blue", 1.0),
+        ("yellow", 1.0),
+    ]
+    llm = [r for r in rows if r["source"] == "llm"]
+    assert [r["label"] for r in llm] == [1.0, rouge_l("the city of Paris", ["Paris"]), 0.0]
+    with pytest.raises(ValueError, match="2 examples but 1 candidate lists"):
+        adaptation_pairs(exs, cands[:1])
+
+
+def test_adapt_end_to_end_with_a_fake_generator_then_reuses_the_cache(tiny_model_dir, tmp_path):
+    gen = EchoGenerator()
+    cache = tmp_path / "gens.jsonl"
+    base = Cappy.from_pretrained(tiny_model_dir("bert"), device="cpu")
+    out = tmp_path / "adapted"
+    tuned = adapt(base, EXAMPLES, candidates=str(cache), generator=gen, recipe="quick", output_dir=out, **FAST)
+    assert len(gen.prompts) == 3  # each instruction generated once, appended to the cache
+    assert set(read_generations(cache)) == {e["instruction"] for e in EXAMPLES}
+    info = tuned.adaptation
+    assert info.counts == {"pairs": 3 * 5 + 5, "gold": 5, "examples": 3} and not info.reused
+    assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "config.json").is_file()
+    before = base.score([EXAMPLES[0]["instruction"]] * 2, ["Paris", "London"])
+    after = tuned.score([EXAMPLES[0]["instruction"]] * 2, ["Paris", "London"])
+    assert abs(after - before).max() > 1e-3  # 8 updates at lr 1e-3 move float32 scores far past rounding
+
+    # the same call again: nothing generated, the saved model reused, identical scores
+    gen2 = EchoGenerator()
+    again = adapt(base, EXAMPLES, candidates=str(cache), generator=gen2, recipe="quick", output_dir=out, **FAST)
+    assert gen2.prompts == [] and again.adaptation.reused
+    assert (
+        again.score([EXAMPLES[0]["instruction"]], ["Paris"]) == tuned.score([EXAMPLES[0]["instruction"]], ["Paris"])
+    ).all()
+    # another setting trains again
+    changed = adapt(base, EXAMPLES, candidates=str(cache), recipe="quick", output_dir=out, **{**FAST, "lr": 5e-4})
+    assert not changed.adaptation.reused
+
+
+def test_adapt_from_a_real_cache_file_without_a_generator(tiny_model_dir, tmp_path):
+    cache = tmp_path / "gens.jsonl"
+    CandidateSource("quick", cache=cache, generator=EchoGenerator()).get([e["instruction"] for e in EXAMPLES])
+    tuned = adapt(
+        str(tiny_model_dir("bert")), EXAMPLES, candidates=str(cache), recipe="quick", output_dir=tmp_path / "o", **FAST
+    )
+    assert tuned.adaptation.counts["pairs"] == 20
+    with pytest.raises(ValueError, match="no candidates for 1 prompt.*no generator"):
+        adapt(
+            str(tiny_model_dir("bert")),
+            EXAMPLES + [{"instruction": "Q: unseen?\nA:", "references": ["x"]}],
+            candidates=str(cache),
+            recipe="quick",
+            output_dir=tmp_path / "o2",
+            **FAST,
+        )
+
+
+def test_cli_adapt_reads_any_format_with_field_options(tiny_model_dir, tmp_path, capsys):
+    rows = [{"q": e["instruction"], "gold": e["references"]} for e in EXAMPLES]
+    train = tmp_path / "task.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = tmp_path / "gens.jsonl"
+    CandidateSource("quick", cache=cache, generator=EchoGenerator()).get([r["q"] for r in rows])
+    args = ["adapt", "--train", str(train), "--instruction-field", "q", "--references-field", "gold"]
+    args += [
+        "--model",
+        str(tiny_model_dir("bert")),
+        "--gens",
+        str(cache),
+        "--recipe",
+        "quick",
+        "--out",
+        str(tmp_path / "m"),
+    ]
+    args += ["--no-progress", "--device", "cpu"] + [x for k, v in FAST.items() for x in ("--set", f"{k}={v}")]
+    assert main(args) == 0
+    assert "3 examples, 20 pairs (5 gold)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "m" / "model" / "training_data.json").read_text())["tasks"] == ["adapt"]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"q": "only a question"}) + "\n")
+    assert main(args[:2] + [str(bad)] + args[3:]) == 2
+    assert f"{bad}:2: missing field 'gold'" in capsys.readouterr().err
+
+
+def test_read_examples_of_a_bigbench_task_split():
+    from conftest import REPO
+
+    task = REPO.parent / "shared" / "data" / "bigbench" / "repeat_copy_logic"
+    if not task.exists():
+        pytest.skip("the shared BIG-Bench data is not beside the checkout")
+    exs = read_examples(task, split="train")
+    assert exs and all(e.references for e in exs) and all("repeat" in e.instruction.lower() for e in exs[:3])
