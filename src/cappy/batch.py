@@ -104,28 +104,20 @@ def _sharded(method: Any, rank: int, world: int, *args: Any) -> Any:
     return _merge(parts)
 
 
-def score_jsonl(
-    scorer: Any,
-    input: str,
-    output: str,
-    instruction_field: str = "instruction",
-    response_field: str = "response",
-    skip_bad_lines: bool = False,
+def _annotate(
+    method: Any, input: str, output: str, fields: list[tuple[str, type]], skip_bad_lines: bool, add: Any
 ) -> dict[str, int]:
-    """Each row of ``input`` (``-`` = stdin) with a "score" added, to ``output`` (atomic; ``-`` = stdout).
-
-    Under accelerate/torchrun the processes share the work and the first one writes (see the module docstring).
-    """
+    """Score every valid row's two fields with ``method`` (sharded across processes) and write the row with
+    ``add(result)`` merged in; the one loop behind :func:`score_jsonl` and :func:`rank_jsonl`."""
     rank, world = process_group()
     stats: dict[str, int] = {"bad_lines": 0}
-    rows = _valid_rows(input, [(instruction_field, str), (response_field, str)], skip_bad_lines, stats)
+    rows = _valid_rows(input, fields, skip_bad_lines, stats)
     n = 0
     with _writer(output, rank) as out:
         while chunk := list(islice(rows, ROWS_PER_CHUNK)):
-            instr, resp = [v[0] for _, v in chunk], [v[1] for _, v in chunk]
-            scores = _sharded(scorer.score, rank, world, instr, resp)
-            for (row, _), s in zip(chunk, scores):
-                out.write(dumps({**row, "score": float(s)}) + "\n")
+            results = _sharded(method, rank, world, [v[0] for _, v in chunk], [v[1] for _, v in chunk])
+            for (row, _), res in zip(chunk, results):
+                out.write(dumps({**row, **add(res)}) + "\n")
             n += len(chunk)
     return {"rows": n, "bad_lines": stats["bad_lines"], "rank": rank, "world_size": world}
 
@@ -141,6 +133,27 @@ def _writer(output: str, rank: int) -> Iterator[Any]:
             yield f
 
 
+def score_jsonl(
+    scorer: Any,
+    input: str,
+    output: str,
+    instruction_field: str = "instruction",
+    response_field: str = "response",
+    skip_bad_lines: bool = False,
+) -> dict[str, int]:
+    """Each row of ``input`` (``-`` = stdin) with a "score" added, to ``output`` (atomic; ``-`` = stdout).
+
+    Under accelerate/torchrun the processes share the work and the first one writes (see the module docstring).
+    """
+    fields = [(instruction_field, str), (response_field, str)]
+    return _annotate(scorer.score, input, output, fields, skip_bad_lines, lambda s: {"score": float(s)})
+
+
+def _ranked(group: Any) -> dict[str, Any]:
+    scores = [float(x) for x in group]
+    return {"scores": scores, "best": max(range(len(scores)), key=lambda i: (scores[i], -i))}
+
+
 def rank_jsonl(
     scorer: Any,
     input: str,
@@ -150,20 +163,8 @@ def rank_jsonl(
     skip_bad_lines: bool = False,
 ) -> dict[str, int]:
     """Each row with "scores" (one per candidate) and "best" (the index of the highest; ties: the first)."""
-    rank, world = process_group()
-    stats: dict[str, int] = {"bad_lines": 0}
-    rows = _valid_rows(input, [(instruction_field, str), (candidates_field, list)], skip_bad_lines, stats)
-    n = 0
-    with _writer(output, rank) as out:
-        while chunk := list(islice(rows, ROWS_PER_CHUNK)):
-            instr, cands = [v[0] for _, v in chunk], [v[1] for _, v in chunk]
-            groups = _sharded(scorer.score_groups, rank, world, instr, cands)
-            for (row, _), group in zip(chunk, groups):
-                scores = [float(x) for x in group]
-                best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-                out.write(dumps({**row, "scores": scores, "best": best}) + "\n")
-            n += len(chunk)
-    return {"rows": n, "bad_lines": stats["bad_lines"], "rank": rank, "world_size": world}
+    fields = [(instruction_field, str), (candidates_field, list)]
+    return _annotate(scorer.score_groups, input, output, fields, skip_bad_lines, _ranked)
 
 
 def read_prompts(
