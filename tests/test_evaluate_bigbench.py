@@ -255,3 +255,22 @@ def test_task_without_train_examples_keeps_the_unadapted_scorer_as_adapted(tiny_
     m = res["methods"]
     assert m["cappy_adapted"]["per_task"] == m["cappy"]["per_task"]
     assert "unadapted" in res["tasks"]["conlang_translation"]["cappy_adapted"]
+
+
+def test_paired_bootstrap_over_tasks_and_the_best_baseline():
+    from cappy.evaluate.bigbench import compare_to_best_baseline, paired_bootstrap_tasks
+
+    a = {"t1": [1.0, 0.5, 0.0, 1.0], "t2": [0.2, 0.2]}
+    b = {"t1": [0.0, 0.5, 0.0, 1.0], "t2": [0.1, 0.3]}
+    boot = paired_bootstrap_tasks(a, b, seed=1)
+    assert boot["diff"] == pytest.approx((0.25 + 0.0) / 2)  # mean over tasks of per-task mean differences
+    assert boot["ci_low"] <= boot["diff"] <= boot["ci_high"] and boot["ci_high"] > boot["ci_low"]
+    same = paired_bootstrap_tasks(a, a)
+    assert (same["diff"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
+
+    per_prompt = {"t1": {"first:greedy": b["t1"], "self_score_sum": [0.0] * 4, "random": [1.0] * 4, "cappy": a["t1"]}}
+    methods = {m: {"mean": float(np.mean(v))} for m, v in per_prompt["t1"].items()}
+    comps = compare_to_best_baseline(per_prompt, methods)
+    # random scores highest here but is no baseline of the LLM's own; greedy is the best one
+    assert list(comps) == ["cappy - best_baseline"] and comps["cappy - best_baseline"]["against"] == "first:greedy"
+    assert comps["cappy - best_baseline"]["diff"] == pytest.approx(0.25)

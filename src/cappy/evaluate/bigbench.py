@@ -109,18 +109,62 @@ def evaluate_task(
     refs = [list(ex.references) for ex in examples]
     base = strategies_for(cands, with_cappy=False)
     res = boost_candidates(prompts, cands, None, base, refs, seed=seed)
-    per_method = {s: float(np.mean([r.metric[s] for r in res])) for s in base}
+    per_prompt = {s: [float(r.metric[s]) for r in res] for s in base}
     picks: dict[str, list[int]] = {s: [r.chosen[s] for r in res] for s in base}
     for method, scorer in scorers.items():
         r2 = boost_candidates(prompts, cands, scorer, ["cappy"], refs, seed=seed)
-        per_method[method] = float(np.mean([r.metric["cappy"] for r in r2]))
+        per_prompt[method] = [float(r.metric["cappy"]) for r in r2]
         picks[method] = [r.chosen["cappy"] for r in r2]
     return {
-        "scores": per_method,
+        "scores": {m: float(np.mean(v)) for m, v in per_prompt.items()},
+        "per_prompt": per_prompt,
         "n_examples": len(examples),
         "n_candidates": int(np.mean([len(c) for c in cands])),
         "picks": picks,
     }
+
+
+#: what Cappy is measured against: the LLM's own ways of choosing (its decodings, its self-scores), not random/oracle
+BASELINE_PREFIXES = ("first:", "self_score_")
+
+
+def paired_bootstrap_tasks(
+    a: dict[str, Sequence[float]], b: dict[str, Sequence[float]], n: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """95% interval of mean-over-tasks of (mean a - mean b), resampling prompts within each task, paired.
+
+    Example: ``paired_bootstrap_tasks({"t": [0.5, 1.0]}, {"t": [0.0, 1.0]})["diff"]`` -> 0.25
+    """
+    rng = np.random.default_rng(seed)
+    diffs = np.zeros(n)
+    point = []
+    for task in a:
+        d = np.asarray(a[task], dtype=float) - np.asarray(b[task], dtype=float)
+        point.append(d.mean())
+        diffs += d[rng.integers(0, len(d), size=(n, len(d)))].mean(1)
+    diffs /= len(a)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return {"diff": float(np.mean(point)), "ci_low": float(lo), "ci_high": float(hi), "resamples": n}
+
+
+def compare_to_best_baseline(
+    per_prompt: dict[str, dict[str, list[float]]], methods: dict[str, Any], seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """``cappy`` and ``cappy_adapted`` minus the baseline with the highest mean (every first:<decoding> and
+    self-score), paired over prompts on the tasks where both exist; {} when there is nothing to compare."""
+    baselines = [m for m in methods if m.startswith(BASELINE_PREFIXES)]
+    if not baselines:
+        return {}
+    best = max(baselines, key=lambda m: methods[m]["mean"])
+    out = {}
+    for m in ("cappy", "cappy_adapted"):
+        tasks = [t for t, v in per_prompt.items() if m in v and best in v]
+        if m in methods and tasks:
+            boot = paired_bootstrap_tasks(
+                {t: per_prompt[t][m] for t in tasks}, {t: per_prompt[t][best] for t in tasks}, seed=seed
+            )
+            out[f"{m} - best_baseline"] = {"against": best, **boot}
+    return out
 
 
 def evaluate_bigbench(
@@ -140,6 +184,7 @@ def evaluate_bigbench(
 
     scorers = dict(scorers or {})
     per_task: dict[str, dict[str, float]] = {}
+    per_prompt: dict[str, dict[str, list[float]]] = {}
     info: dict[str, Any] = {}
     for path in tqdm(list(task_paths), desc="BIG-Bench tasks", unit="task", disable=not show_progress):
         name, train, val = task_prompts(path, cfg)
@@ -163,6 +208,7 @@ def evaluate_bigbench(
         cands = get_candidates(name, [ex.input for ex in val])
         out = evaluate_task(name, val, cands, task_scorers, seed=cfg.seed)
         per_task[name] = out["scores"]
+        per_prompt[name] = out["per_prompt"]
         info[name] = {
             "path": str(path),
             "n_validation": out["n_examples"],
@@ -179,6 +225,8 @@ def evaluate_bigbench(
     for m in methods:
         vals = {t: s[m] for t, s in per_task.items() if m in s}
         results["methods"][m] = {"mean": float(np.mean(list(vals.values()))), "per_task": vals}
+    results["comparisons"] = compare_to_best_baseline(per_prompt, results["methods"], seed=cfg.seed)
+    results["per_prompt"] = per_prompt
     results["sample"] = {
         "max_examples": cfg.max_examples,
         "max_train": cfg.max_train,
