@@ -210,7 +210,7 @@ def adapt(
         >>> tuned = adapt("cappy-mini", [("Q: 2+2?\\nA:", "4")], candidates="gens.jsonl", output_dir="out/t")
     """
     from cappy.io import atomic_write, dumps, sha256_file
-    from cappy.model import Cappy, resolve_model_path
+    from cappy.model import Cappy, export_checkpoint, resolve_model_path
     from cappy.train import TrainConfig, train
 
     exs = as_examples(examples)
@@ -261,10 +261,7 @@ def adapt(
         saved.unlink(missing_ok=True)
         train(cfg)
         run = out / "run"
-        src = run / "best" if (run / "best" / "config.json").exists() else run
-        Cappy.from_pretrained(src, device="cpu").save_pretrained(model_dir)
-        if (src / "training_data.json").is_file():
-            shutil.copy(src / "training_data.json", model_dir / "training_data.json")
+        export_checkpoint(run / "best" if (run / "best" / "config.json").exists() else run, model_dir)
         with atomic_write(saved) as f:
             f.write(json.dumps(record, indent=2) + "\n")
     tuned = Cappy.from_pretrained(model_dir, device=device, dtype=dtype)

@@ -676,3 +676,21 @@ class Cappy:
             f"Cappy({self.name_or_path!r}, {type(self.model).__name__}, {n / 1e6:.1f}M params, "
             f"device={self.device}, precision={self.precision}, max_length={self.max_length})"
         )
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, dtype: str | None = None, model_card: str | None = None
+) -> Path:
+    """Re-save a checkpoint (optionally cast to ``dtype``, e.g. "float16") with its training-data record, which the
+    contamination guard reads. Example: ``export_checkpoint("runs/mini/best", "src/cappy/models/cappy-mini")``
+    """
+    import shutil
+
+    scorer = Cappy.from_pretrained(checkpoint, device="cpu")
+    if dtype is not None:
+        scorer.model.to(DTYPES[dtype])
+    saved = scorer.save_pretrained(out, model_card=model_card)
+    record = Path(resolve_model_path(checkpoint)) / "training_data.json"
+    if record.is_file():
+        shutil.copy(record, saved / "training_data.json")
+    return saved

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 
@@ -17,16 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from cappy.model import DTYPES, Cappy
+    from cappy.model import export_checkpoint
 
-    scorer = Cappy.from_pretrained(args.checkpoint, device="cpu")
-    scorer.model.to(DTYPES[args.dtype])
     card = Path(args.card).read_text() if args.card else None
-    out = scorer.save_pretrained(args.out, model_card=card)
-    record = Path(args.checkpoint) / "training_data.json"
-    if record.is_file():  # keep the contamination guard's record with the weights
-        shutil.copy(record, out / "training_data.json")
+    out = export_checkpoint(args.checkpoint, args.out, args.dtype, model_card=card)
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
-    n = sum(p.numel() for p in scorer.model.parameters())
-    print(f"exported {n / 1e6:.1f}M parameters as {args.dtype} to {out} ({size:.1f} MB)")
+    print(f"exported {args.checkpoint} as {args.dtype} to {out} ({size:.1f} MB)")
     return 0
