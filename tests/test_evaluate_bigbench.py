@@ -12,6 +12,7 @@ from cappy.evaluate.bigbench import BBConfig, default_tasks, evaluate_bigbench, 
 from cappy.generate.base import prompt_id_of
 from cappy.generate.cache import read_generations
 from cappy.metrics import rouge_l
+from cappy.train import TrainConfig
 from conftest import SHARED_DATA
 
 BB = SHARED_DATA / "bigbench"
@@ -225,7 +226,8 @@ def test_cli_bigbench_adapts_per_task_on_train_candidates(tiny_model_dir, tmp_pa
     assert all(0.0 <= p["label"] <= 1.0 for p in pairs)
     settings = json.loads((out / "adapt" / "repeat_copy_logic" / "adapt.json").read_text())
     # adapt_cpu (the CPU default) scaled by 0.01, the overrides on top
-    assert settings["preset"] == "adapt_cpu" and settings["config"]["num_pairs"] == round(4096 * 0.01)
+    preset = TrainConfig.from_yaml("adapt_cpu", {"model": "m", "train": "t", "output_dir": "o"})
+    assert settings["preset"] == "adapt_cpu" and settings["config"]["num_pairs"] == round(preset.num_pairs * 0.01)
     assert settings["config"]["lr"] == 1e-3 and settings["config"]["max_length"] == 64
     assert not {p["instruction"] for p in pairs} & {ex.input for ex in val}  # never the validation prompts
     adapted = out / "adapt" / "repeat_copy_logic" / "model"

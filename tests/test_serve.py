@@ -454,7 +454,7 @@ class TinyGenerator(Generator):
         texts = [" ".join(words[i:]) for i in range(len(words))] + ["four", "yes", "no", "maybe"] * 4
         slots = [(d.name, i) for d in plan for i in range(d.n)]
         return [
-            Candidate(texts[k], name, i, float("nan") if k == 2 else -0.5 * k, -0.5, 1)
+            Candidate(texts[k % len(texts)], name, i, float("nan") if k == 2 else -0.5 * k, -0.5, 1)
             for k, (name, i) in enumerate(slots)
         ]
 
@@ -484,9 +484,11 @@ def test_best_of_n_scores_every_candidate_and_picks_the_best(scorer):
 
         assert len(c.post("/best-of-n", json={"prompt": prompt}).json()["candidates"]) == 5  # quick makes 5
         assert gen.calls[-1] == (prompt, "quick", 5, 7)
+        assert len(c.post("/best-of-n", json={"prompt": prompt, "n": 7}).json()["candidates"]) == 7  # 2 more samples
+        schema = c.get("/openapi.json").json()["components"]["schemas"]["BestOfNRequest"]["properties"]["recipe"]
+        assert {"cpu8_stop", "paper17", "quick"} <= set(next(b for b in schema["anyOf"] if "enum" in b)["enum"])
         for payload, status, kind in [
             ({"prompt": prompt, "recipe": "unknown"}, 400, "bad_recipe"),
-            ({"prompt": prompt, "recipe": "quick", "n": 6}, 400, "bad_recipe"),  # quick makes at most 5
             ({"prompt": "please crash", "n": 2}, 502, "generator_failed"),
             ({"prompt": "", "n": 2}, 400, "empty_input"),
             ({"prompt": prompt, "n": 9}, 413, "too_many_items"),
@@ -630,13 +632,19 @@ def test_recipe_factory_cuts_shipped_recipes_and_refuses_other_names(tmp_path):
     assert [(d.name, d.n) for d in six.decodings] == [("beam4", 1), ("sample", 4), ("temp0.9", 1)]
     assert six.num_candidates == 6 and six.max_new_tokens == 64
     assert [(d.name, d.n) for d in make("quick", 2).decodings] == [("greedy", 1), ("temp0.9", 1)]
-    with pytest.raises(ValueError, match="at most"):
-        make("quick", 6)
+    seven = make("quick", 7)  # more than quick makes: more samples of its last sampling decoding
+    assert [(d.name, d.n) for d in seven.decodings] == [("greedy", 1), ("temp0.9", 6)]
+    greedy_only = tmp_path / "g.yaml"
+    greedy_only.write_text("name: g\ndecodings:\n  - {method: greedy}\n")
+    with pytest.raises(ValueError, match="no sampling decoding"):
+        recipe_factory(str(greedy_only))(None, 2)
     yaml_file = tmp_path / "mine.yaml"
     yaml_file.write_text("name: mine\ndecodings:\n  - {method: greedy}\n")
     with pytest.raises(ValueError, match="unknown recipe"):  # a request may not name a file on the server
         make(str(yaml_file), None)
-    assert recipe_factory(str(yaml_file))(None, None).name == "mine"  # ... but the operator may
+    mine = recipe_factory(str(yaml_file))
+    assert mine(None, None).name == "mine" == mine("mine", None).name  # ... but the operator may, and it has a name
+    assert "mine" in mine.names and str(yaml_file) not in mine.names  # the schema shows names, never server paths
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe_factory("no-such-recipe")
 

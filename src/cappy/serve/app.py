@@ -455,6 +455,12 @@ def create_app(
                         branch["maxItems"] = limit
                     elif branch.get("type") == "integer":
                         branch["maximum"] = limit
+            recipe_prop = (
+                schema.get("components", {}).get("schemas", {}).get("BestOfNRequest", {}).get("properties", {})
+            )
+            for branch in recipe_prop.get("recipe", {}).get("anyOf", []):
+                if make_recipe is not None and branch.get("type") == "string":
+                    branch["enum"] = list(make_recipe.names)  # the recipe names this server accepts
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -617,7 +623,11 @@ def create_app(
         "/best-of-n",
         response_model=BestOfNResponse,
         include_in_schema=generator is not None,  # a server without a generator does not offer it
-        responses={**_ERRORS, 501: {"model": ErrorBody, "description": "no generator configured"}},
+        responses={
+            **_ERRORS,
+            501: {"model": ErrorBody, "description": "no generator configured"},
+            502: {"model": ErrorBody, "description": "the generator failed"},
+        },
         summary="Generate n candidates for a prompt, score them all, return them with the best one",
     )
     async def best_of_n(body: BestOfNRequest, request: Request) -> JSONResponse:
