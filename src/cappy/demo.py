@@ -1,7 +1,10 @@
 """`make demo`: the main job end to end on this machine, offline.
 
 Scores (instruction, response) pairs, chooses among answer choices, and boosts Gemma 3 270M (llama.cpp, the
-packaged GGUF) on a few real prompts: every candidate is printed with its Cappy score, the pick is marked.
+packaged GGUF) on a few real prompts: every candidate (cut at stop strings) is printed with its Cappy score, the
+pick is marked, and its Rouge-L against the reference is shown next to greedy decoding's. The prompts in
+examples/ are fixed: they were chosen before the shipped model's picks were seen, and the demo shows the shipped
+model as it is, right or wrong.
 Uses the embedded cappy-mini. An installation without it (a source tree whose weights were removed) falls
 back to a stand-in scorer from the all-MiniLM-L6-v2 encoder with an untrained head, and says so: its scores are
 noise. Without llama-cpp-python the boosting part is skipped with a note.
@@ -36,8 +39,9 @@ def load_demo_scorer() -> tuple[Cappy, str]:
     return scorer, "STAND-IN: all-MiniLM-L6-v2 with an untrained head (cappy-mini not embedded yet; scores are noise)"
 
 
-def boost_demo(scorer: Cappy, generator: object, rows: list[dict], recipe: str = "quick") -> list[dict]:
+def boost_demo(scorer: Cappy, generator: object, rows: list[dict], recipe: str = "quick_stop") -> list[dict]:
     """Best-of-N on ``rows`` (``prompt``, ``references``): Cappy's pick next to greedy decoding, with Rouge-L.
+    The candidates are cut at stop strings (``quick_stop``), so they are answers, not run-on continuations.
 
     Example: ``boost_demo(Cappy.from_pretrained("cappy-mini"), LlamaCppGenerator(n_threads=2), rows)``
     """
@@ -66,6 +70,13 @@ def _print_boost(out: list[dict]) -> None:
         if m:
             cappy, greedy = 100 * m["cappy"], 100 * m["first:greedy"]
             print(f"     Rouge-L vs reference: cappy pick {cappy:.0f}, greedy {greedy:.0f}")
+    if out and all(r.get("metric") for r in out):
+        mean = {k: 100 * sum(r["metric"][k] for r in out) / len(out) for k in ("cappy", "first:greedy")}
+        wins = sum(r["metric"]["cappy"] > r["metric"]["first:greedy"] for r in out)
+        print(
+            f"  mean Rouge-L: cappy {mean['cappy']:.0f}, greedy {mean['first:greedy']:.0f}; pick beats greedy on "
+            f"{wins} of {len(out)}"
+        )
 
 
 def main() -> None:
@@ -85,7 +96,7 @@ def main() -> None:
             print(f"    {r['score']:+.3f}  {r['text']}")
         print(f"  -> chosen: {row['candidates'][scorer.choose(row['instruction'], row['candidates'])]!r}")
 
-    print("\nboost Gemma 3 270M: 5 candidates per prompt (greedy + 4 samples), Cappy picks one")
+    print("\nboost Gemma 3 270M: 5 candidates per prompt (greedy + 4 samples, cut at stop strings), Cappy picks one")
     try:
         from cappy.generate.llamacpp import LlamaCppGenerator
 

@@ -40,3 +40,36 @@ def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
     if len(labels) == 0:
         raise ValueError("accuracy of an empty list is undefined")
     return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
+
+
+# Pair sources whose negatives are the same kind of answer as the gold one (the promotion metric of a pretrained
+# scorer counts only these: random mismatched answers are off-topic, easy to reject, and saturate the metric).
+HARD_SOURCES = ("wrong_choice", "hard_mismatched", "llm")
+
+
+def pairwise_accuracy(
+    instructions: Sequence[str], labels: np.ndarray, scores: np.ndarray, negatives: np.ndarray | None = None
+) -> tuple[float, int]:
+    """Over pairs of responses to the same instruction with different labels: how often the higher-labelled one
+    scores higher (a score tie counts half). With ``negatives`` (a boolean per row), only pairs whose
+    lower-labelled row is marked count. Returns (accuracy, number of compared pairs; nan if none).
+
+    Example: ``pairwise_accuracy(["q", "q"], np.array([1., 0.]), np.array([.9, .1]))`` -> (1.0, 1)
+    """
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(instructions):
+        groups.setdefault(s, []).append(i)
+    good = 0.0
+    count = 0
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        y = labels[idx][:, None] - labels[idx][None, :]
+        s = scores[idx][:, None] - scores[idx][None, :]
+        mask = y > 0
+        if negatives is not None:
+            mask &= np.asarray(negatives)[idx][None, :]
+        count += int(mask.sum())
+        good += float((s[mask] > 0).sum() + 0.5 * (s[mask] == 0).sum())
+    return (good / count if count else float("nan")), count

@@ -1,4 +1,4 @@
-"""`cappy eval mc|bigbench`: evaluate scorers and LLM baselines (cappy.evaluate.runs does the work)."""
+"""`cappy eval mc|bigbench|pairs`: evaluate scorers and LLM baselines (cappy.evaluate.runs does the work)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_output_args(bb, required=True)
     add_generator_args(bb, required=False)
     bb.set_defaults(func=run_bigbench)
+
+    pr = esub.add_parser("pairs", help="dev metrics on labelled pairs: hard-pair and choice accuracy (promotion)")
+    pr.add_argument("--dev", required=True, help="pair file or folder with source (and task) columns")
+    pr.add_argument("--model", action="append", required=True, help="Cappy checkpoint, repeatable (compared)")
+    pr.add_argument("--out", default=None, help="write the metrics as JSON here")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--dtype", default="auto", help=DTYPE_HELP)
+    pr.set_defaults(func=run_pairs)
 
 
 def _add_output_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -117,4 +125,29 @@ def run_bigbench(args: argparse.Namespace) -> int:
         command=args.command_line,
     )
     print((Path(args.out) / "report.md").read_text())
+    return 0
+
+
+def run_pairs(args: argparse.Namespace) -> int:
+    import json
+
+    from cappy.evaluate.pairs import evaluate_pairs
+    from cappy.model import Cappy
+
+    results = {}
+    for name in args.model:
+        scorer = Cappy.from_pretrained(name, device=args.device, dtype=args.dtype)
+        results[name] = r = evaluate_pairs(scorer, args.dev, show_progress=True)
+        c = r["choice_accuracy"]
+        print(
+            f"{name}: hard pairwise {r['hard_pairwise_accuracy']:.4f} ({r['hard_pairs']} pairs), "
+            f"all pairs {r['pairwise_accuracy']:.4f}, choice {c['mean']:.4f} ({c['questions']} questions)"
+        )
+        for src, v in r["by_source"].items():
+            print(f"  {src:16s} {v['accuracy']:.4f} ({v['pairs']} pairs)")
+        for task, v in c["by_task"].items():
+            print(f"  choice {task:30s} {v['accuracy']:.4f} ({v['questions']})")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0

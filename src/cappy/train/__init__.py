@@ -6,9 +6,10 @@ Example:
     ...       "output_dir": "out/task"}))
 """
 
+from cappy.metrics import pairwise_accuracy
 from cappy.train.config import TrainConfig, resolve_base_model
 from cappy.train.data import PairSource, Plan
-from cappy.train.loop import Trainer, TrainingError, lr_factor, pairwise_accuracy, train
+from cappy.train.loop import Trainer, TrainingError, lr_factor, train
 
 __all__ = [
     "PairSource",

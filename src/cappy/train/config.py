@@ -81,7 +81,8 @@ class TrainConfig:
     """Write training_state/ every N optimizer updates (0: only at the end)."""
     eval_every: int = 500
     metric_for_best: str = "dev_mse"
-    """dev_mse (lower is better) or dev_pairwise_accuracy (higher is better)."""
+    """dev_mse (lower is better), dev_pairwise_accuracy or dev_hard_pairwise_accuracy (higher is better; only pairs
+    whose negative is a wrong choice, a hard mismatched answer or an LLM candidate; needs a dev file with sources)."""
     log_every: int = 10
     eval_batch_size: int = 64
     progress: bool = True
@@ -122,9 +123,10 @@ class TrainConfig:
             raise ValueError(f"config: rank_loss_weight must be >= 0, got {self.rank_loss_weight}")
         if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):
             raise ValueError(f"config: mixed_precision must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
-        if self.metric_for_best not in ("dev_mse", "dev_pairwise_accuracy"):
+        if self.metric_for_best not in ("dev_mse", "dev_pairwise_accuracy", "dev_hard_pairwise_accuracy"):
             raise ValueError(
-                f"config: metric_for_best must be dev_mse or dev_pairwise_accuracy, got {self.metric_for_best!r}"
+                "config: metric_for_best must be dev_mse, dev_pairwise_accuracy or dev_hard_pairwise_accuracy, "
+                f"got {self.metric_for_best!r}"
             )
         if self.save_every < 0 or self.eval_every < 0:
             raise ValueError("config: save_every and eval_every must be >= 0")

@@ -353,3 +353,23 @@ def _length_order(pairs: Pairs, rng: np.random.Generator | None, grouped: bool, 
 def read_dev(path: str, jsonl_block_rows: int = 4096) -> Pairs:
     """All pairs of a dev file or folder (validated like training data)."""
     return PairSource([path], jsonl_block_rows).read_all()
+
+
+def read_column(path: str, name: str = "source") -> list[str] | None:
+    """Column ``name`` (e.g. ``source``: gold, wrong_choice, ...) of every row of a pair file or folder, in the order
+    of :func:`read_dev`; None when the rows do not have it (pairs written by hand)."""
+    import pyarrow.parquet as pq
+
+    out: list[str] = []
+    for file, _ in _input_files(str(path)):
+        if file.endswith(".parquet"):
+            pf = pq.ParquetFile(file)
+            if name not in pf.schema_arrow.names:
+                return None
+            out.extend(str(v) for v in pf.read(columns=[name]).column(name).to_pylist())
+        else:
+            for _, row in iter_jsonl(file):
+                if name not in row:
+                    return None
+                out.append(str(row[name]))
+    return out

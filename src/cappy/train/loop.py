@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from cappy.io import atomic_write, dumps
+from cappy.metrics import HARD_SOURCES, pairwise_accuracy
 from cappy.model import collate_pairs, cpu_has_native_bf16, encode_pairs, load_scorer_model
 from cappy.train.config import TrainConfig, resolve_base_model
-from cappy.train.data import Pairs, PairSource, Plan, read_dev
+from cappy.train.data import Pairs, PairSource, Plan, read_column, read_dev
 from cappy.train.record import build_record, write_record
 
 logger = logging.getLogger(__name__)
@@ -52,28 +53,6 @@ def resolve_mixed_precision(mixed_precision: str, cpu: bool) -> str:
     if cpu:
         return "bf16" if cpu_has_native_bf16() else "no"
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-def pairwise_accuracy(instructions: list[str], labels: np.ndarray, scores: np.ndarray) -> tuple[float, int]:
-    """Over pairs of responses to the same instruction with different labels: how often the higher-labelled one
-    scores higher (a score tie counts half). Returns (accuracy, number of compared pairs; nan if none).
-
-    Example: ``pairwise_accuracy(["q", "q"], np.array([1., 0.]), np.array([.9, .1]))`` -> (1.0, 1)
-    """
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(instructions):
-        groups.setdefault(s, []).append(i)
-    good = 0.0
-    count = 0
-    for idx in groups.values():
-        if len(idx) < 2:
-            continue
-        y = labels[idx][:, None] - labels[idx][None, :]
-        s = scores[idx][:, None] - scores[idx][None, :]
-        mask = y > 0
-        count += int(mask.sum())
-        good += float((s[mask] > 0).sum() + 0.5 * (s[mask] == 0).sum())
-    return (good / count if count else float("nan")), count
 
 
 def _load_model(cfg: TrainConfig) -> tuple[Any, Any]:
@@ -152,6 +131,11 @@ class Trainer:
             self.source, cfg.batch_size, cfg.seed, cfg.shuffle_window_rows, cfg.num_pairs, cfg.epochs, cfg.shuffle
         )
         self.dev = read_dev(cfg.dev, cfg.jsonl_block_rows) if cfg.dev else None
+        sources = read_column(cfg.dev, "source") if cfg.dev else None
+        # rows whose negatives count for the hard-pair metric (wrong choices, hard mismatched, LLM candidates)
+        self.dev_hard = np.array([s in HARD_SOURCES for s in sources]) if sources else None
+        if cfg.metric_for_best == "dev_hard_pairwise_accuracy" and (self.dev_hard is None or not self.dev_hard.any()):
+            raise TrainingError(f"metric_for_best is dev_hard_pairwise_accuracy but {cfg.dev} has no hard negatives")
 
         set_seed(cfg.seed)
         model, self.tokenizer = _load_model(cfg)
@@ -330,7 +314,11 @@ class Trainer:
             model.train()
         mse = float(np.mean((scores.astype(np.float64) - self.dev.labels) ** 2))
         acc, n = pairwise_accuracy(self.dev.instructions, self.dev.labels, scores)
-        return {"dev_mse": mse, "dev_pairwise_accuracy": acc, "dev_pairs": len(self.dev), "dev_ranked_pairs": n}
+        out = {"dev_mse": mse, "dev_pairwise_accuracy": acc, "dev_pairs": len(self.dev), "dev_ranked_pairs": n}
+        if self.dev_hard is not None and self.dev_hard.any():
+            hard, n_hard = pairwise_accuracy(self.dev.instructions, self.dev.labels, scores, self.dev_hard)
+            out.update(dev_hard_pairwise_accuracy=hard, dev_hard_pairs=n_hard)
+        return out
 
     def _is_better(self, metrics: dict[str, float]) -> bool:
         value = metrics[self.cfg.metric_for_best]
