@@ -82,11 +82,4 @@ cappy-mini: $(STAMP)
 		--cap trivia_qa/rc.wikipedia.nocontext=30000 --cap nq_open=25000
 	$(BIN)/cappy train configs/pretrain_mini.yaml --train $(MINI)/train.parquet --dev $(MINI)/dev.jsonl \
 		--output-dir $(MINI)/run2
-	# v2: continued from v1 on the v2 mixture (hard negatives, every train split, the committed Gemma candidates),
-	# best checkpoint by the committed hard-pair dev split (docs/RESULTS.md, issue 14)
-	$(BIN)/cappy data build configs/mixtures/v2.yaml --out runs/data/v2 \
-		--generations results/gemma-270m/pretrain-candidates/gens.jsonl --no-progress
-	$(BIN)/cappy data split runs/data/v2 --out $(MINI)/v2 --max-dev-rows 6000 --cap trec=30000
-	$(BIN)/cappy train configs/pretrain_v2.yaml --model $(MINI)/run2/best --train $(MINI)/v2/train.parquet \
-		--dev results/cappy-mini/dev/hard_dev.jsonl --output-dir $(MINI)/v2/run
-	$(BIN)/cappy export $(MINI)/v2/run/best --out src/cappy/models/cappy-mini --dtype float16 --card docs/cappy-mini.md
+	$(BIN)/cappy export $(MINI)/run2/best --out src/cappy/models/cappy-mini --dtype float16 --card docs/cappy-mini.md

@@ -391,3 +391,19 @@ def test_a_dataset_may_list_several_files_read_in_order(tmp_path):
     mix.write_text(json.dumps(data))
     with pytest.raises(MixtureError, match="templates_per_example must be an integer >= 1"):
         Mixture.from_yaml(mix)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "pretrain").is_dir(), reason="needs ../shared/data/pretrain")
+def test_v2_mixture_plans_and_never_contains_its_transfer_dev_tasks():
+    """The shipped mixtures resolve against the real data (files, templates, checksums), and the transfer dev set
+    of cappy-mini v2 shares no task and no file with v2's training mixture: that is what makes it a transfer set."""
+    v2 = PairBuilder(Mixture.from_yaml(REPO / "configs/mixtures/v2.yaml", data_root=SHARED_DATA / "pretrain"), "x")
+    dev = PairBuilder(
+        Mixture.from_yaml(REPO / "configs/mixtures/transfer_dev.yaml", data_root=SHARED_DATA / "pretrain"), "y"
+    )
+    v2_units, dev_units = v2.plan(), dev.plan()
+    assert {u.spec.name for u in dev_units} == {"glue/mrpc", "dream"}
+    assert not {u.spec.name for u in v2_units} & {u.spec.name for u in dev_units}
+    v2_files = {s for u in v2_units for s in u.sources}
+    assert v2_files and not v2_files & {s for u in dev_units for s in u.sources}
+    assert v2.mix.hard_mismatched == 1 and v2.mix.templates_per_example == 3
