@@ -162,6 +162,10 @@ def test_stop_cut_keeps_tokens_that_start_before_the_stop():
     assert stop_cut(["The", " end", ".", " Q"], [" Q", "."]) == ("The end", 2)
     assert stop_cut(["abc"], ["\n"]) is None
     assert stop_cut(["abc"], []) is None
+    # a candidate that opens with a stop string: looked for only after the minimum length, so the later one ends it
+    # (before, the hit at 0 kept 0 tokens, was refused for the minimum length and hid every later stop string)
+    assert stop_cut(["\n\n", "* CO2", "\n\n", "Question"], ["\n\n"], min_tokens=1) == ("\n\n* CO2", 2)
+    assert stop_cut(["\n\n", "* CO2"], ["\n\n"], min_tokens=1) is None
 
 
 # ---------------------------------------------------------------------- transformers backend

@@ -210,8 +210,10 @@ class Candidate:
         return cls(text, decoding, sample_index, total, mean, num_tokens)
 
 
-def stop_cut(pieces: Sequence[str], stop: Sequence[str]) -> tuple[str, int] | None:
-    """Where the text made of ``pieces`` (one per token) first contains a stop string, if it does.
+def stop_cut(pieces: Sequence[str], stop: Sequence[str], min_tokens: int = 0) -> tuple[str, int] | None:
+    """Where the text made of ``pieces`` (one per token) first contains a stop string, if it does, looking only
+    after the first ``min_tokens`` pieces (the recipe's minimum length: a candidate that opens with a blank line is
+    not cut to nothing, and its later stop strings still end it).
 
     Returns ``(text before the stop, tokens kept)``: a token is kept if it starts before the stop string.
     Example: ``stop_cut(["4", "\\nQ", ":"], ["\\n"])`` -> ``("4", 1)``
@@ -219,7 +221,8 @@ def stop_cut(pieces: Sequence[str], stop: Sequence[str]) -> tuple[str, int] | No
     if not stop:
         return None
     text = "".join(pieces)
-    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    start = len("".join(pieces[:min_tokens]))
+    hits = [i for i in (text.find(s, start) for s in stop) if i >= 0]
     if not hits:
         return None
     cut = min(hits)
