@@ -144,6 +144,16 @@ def tiny_model_dir(tmp_path_factory):
     return make
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (two shared cores: several threads spin against each other and make tiny
+    models 40x slower). Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_scorer(tiny_model_dir):
     """A :class:`cappy.Cappy` over the tiny BERT checkpoint (MiniLM's real WordPiece tokenizer), on CPU, in float32:

@@ -7,20 +7,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from cappy.cli import main
 from cappy.evaluate.pairs import choice_accuracy, evaluate_pairs
 from cappy.metrics import HARD_SOURCES, pairwise_accuracy
 from cappy.train import TrainConfig, Trainer, TrainingError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rows():

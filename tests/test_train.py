@@ -16,14 +16,7 @@ from cappy.train import TrainConfig, Trainer, TrainingError, lr_factor, pairwise
 from cappy.train.loop import _rank_term
 from test_train_data import make_rows, write_jsonl, write_shards
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two shared cores: several torch threads spin against each other and make tiny models 40x slower.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(model_dir, train_path, out, **kw) -> TrainConfig:

@@ -13,13 +13,7 @@ from cappy.train import TrainConfig, Trainer
 from cappy.train.data import Pairs
 from test_train_data import make_rows, write_jsonl
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trainer(model_dir, tmp_path, **kw) -> Trainer:

@@ -446,6 +446,9 @@ class PairBuilder:
         self.units: list[_Unit] = []
         self.inputs: list[dict[str, str]] = []
         self.heldout_checked: list[str] = []
+        self._gen_keys: set[int] | None = None  # prompts with LLM candidates, read once per build
+        self._emb_cache: dict[str, Any] = {}  # sentence vectors of answers, by text, for the whole build
+        self._encoder: Any = None
 
     # ---- planning -------------------------------------------------------------------------------------
     def plan(self) -> list[_Unit]:
@@ -683,9 +686,10 @@ class PairBuilder:
         k_hard = self.mix.hard_mismatched if spec.hard_mismatched is None else spec.hard_mismatched
         keep = None
         if self.mix.generations:
-            if not hasattr(self, "_gen_keys"):
+            if self._gen_keys is None:
                 self._gen_keys = {h for (h,) in state.db.execute("SELECT DISTINCT h FROM gen")}
-            keep = lambda instruction: _prompt_key(instruction) in self._gen_keys  # noqa: E731
+            gen_keys = self._gen_keys
+            keep = lambda instruction: _prompt_key(instruction) in gen_keys  # noqa: E731
         prompts: Iterator[Prompt] | list[Prompt] = self.unit_prompts(unit, counters, keep)
         near: dict[str, list[str]] = {}
         if k_hard:
@@ -710,11 +714,12 @@ class PairBuilder:
                     taken.add(text)
                 if k_hard:
                     same = {_answer_key(r) for r in (p.target, *refs)}
-                    hard = [r for r in near.get(p.target, ()) if r not in taken and _answer_key(r) not in same]
+                    near_other = (r for r in near.get(p.target, ()) if r not in taken and _answer_key(r) not in same)
+                    hard = list(islice(near_other, k_hard))
                     if len(hard) < k_hard:
-                        counters.nested["mismatched_shortfall"][task][f"{tname} (hard)"] += k_hard - len(hard[:k_hard])
-                    rows.extend((p.instruction, r, 0.0, "hard_mismatched") for r in hard[:k_hard])
-                    taken.update(hard[:k_hard])
+                        counters.nested["mismatched_shortfall"][task][f"{tname} (hard)"] += k_hard - len(hard)
+                    rows.extend((p.instruction, r, 0.0, "hard_mismatched") for r in hard)
+                    taken.update(hard)
                 picked = pool.sample(k, taken)
                 if len(picked) < k:
                     counters.nested["mismatched_shortfall"][task][tname] += k - len(picked)
@@ -747,9 +752,6 @@ class PairBuilder:
         """Unit-length float32 sentence vectors, cached by text for the whole build."""
         import numpy as np
 
-        if not hasattr(self, "_emb_cache"):
-            self._emb_cache: dict[str, Any] = {}
-            self._encoder: Any = None
         todo = [t for t in texts if t not in self._emb_cache]
         if todo:
             if self._encoder is None:
