@@ -694,3 +694,65 @@ def export_checkpoint(
     if record.is_file():
         shutil.copy(record, saved / "training_data.json")
     return saved
+
+
+def merge_checkpoints(
+    checkpoints: Sequence[str | os.PathLike],
+    weights: Sequence[float],
+    out: str | os.PathLike,
+    dtype: str | None = None,
+    model_card: str | None = None,
+) -> Path:
+    """Save the weighted average of checkpoints of one architecture (a linear merge, as in WiSE-FT: interpolating
+    a model and its fine-tuned descendant). The first checkpoint gives the config and tokenizer; the training
+    records are united, so the contamination guard sees every task any of them was trained on.
+
+    Weights must be non-negative and sum to 1. Example:
+    ``merge_checkpoints(["cappy-mini", "runs/mini_v2/best"], [0.5, 0.5], "runs/merged")``
+    """
+    from cappy.train.record import RECORD_FILE, write_record
+
+    if len(checkpoints) < 2 or len(checkpoints) != len(weights):
+        raise ValueError(
+            f"need two or more checkpoints and one weight each, got {len(checkpoints)} and {len(weights)}"
+        )
+    if any(not np.isfinite(w) or w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+        raise ValueError(f"merge weights must be non-negative and sum to 1, got {list(weights)}")
+    base = Cappy.from_pretrained(checkpoints[0], device="cpu", dtype="float32")
+    target = base.model.state_dict()
+    merged = {k: v.float() * weights[0] for k, v in target.items()}
+    records = []
+    for ck, w in zip(checkpoints[1:], weights[1:]):
+        other = Cappy.from_pretrained(ck, device="cpu", dtype="float32").model.state_dict()
+        missing, extra = sorted(set(target) - set(other)), sorted(set(other) - set(target))
+        if missing or extra:
+            raise ValueError(
+                f"cannot merge {str(ck)!r} into {str(checkpoints[0])!r}: different parameters "
+                f"(missing {missing[:3]}, extra {extra[:3]})"
+            )
+        for k, v in other.items():
+            if v.shape != target[k].shape:
+                raise ValueError(
+                    f"cannot merge {str(ck)!r} into {str(checkpoints[0])!r}: {k} has shape {tuple(v.shape)}, "
+                    f"not {tuple(target[k].shape)}"
+                )
+            merged[k] += v.float() * w
+    base.model.load_state_dict({k: v.to(target[k].dtype) for k, v in merged.items()})
+    if dtype is not None:
+        base.model.to(DTYPES[dtype])
+    saved = base.save_pretrained(out, model_card=model_card)
+    for ck in checkpoints:
+        rec = Path(resolve_model_path(ck)) / RECORD_FILE
+        if rec.is_file():
+            records.append(json.loads(rec.read_text()))
+    if records:
+        tasks = sorted({t for r in records for t in r.get("tasks", [])})
+        inputs, seen = [], set()
+        for r in records:
+            for i in r.get("inputs", []):
+                key = (i.get("path"), i.get("sha256"))
+                if key not in seen:
+                    seen.add(key)
+                    inputs.append(i)
+        write_record(saved, {"tasks": tasks, "inputs": inputs})
+    return saved
