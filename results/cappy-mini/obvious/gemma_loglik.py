@@ -6,9 +6,8 @@ import json
 import sys
 
 sys.path.insert(0, "tests")
-from test_cappy_mini import EASY  # noqa: E402
-
 from cappy.evaluate.loglik import LlamaCppLogLik  # noqa: E402
+from test_cappy_mini import EASY  # noqa: E402
 
 ll = LlamaCppLogLik(n_threads=1)
 rows = [json.loads(x) for x in open("tests/data/obvious_questions.jsonl")]
