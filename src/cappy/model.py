@@ -710,7 +710,7 @@ def merge_checkpoints(
     Weights must be non-negative and sum to 1. Example:
     ``merge_checkpoints(["cappy-mini", "runs/mini_v2/best"], [0.5, 0.5], "runs/merged")``
     """
-    from cappy.train.record import RECORD_FILE, write_record
+    from cappy.train.record import RECORD_FILE, unite_records, write_record
 
     if len(checkpoints) < 2 or len(checkpoints) != len(weights):
         raise ValueError(
@@ -720,8 +720,7 @@ def merge_checkpoints(
         raise ValueError(f"merge weights must be non-negative and sum to 1, got {list(weights)}")
     base = Cappy.from_pretrained(checkpoints[0], device="cpu", dtype="float32")
     target = base.model.state_dict()
-    merged = {k: v.float() * weights[0] for k, v in target.items()}
-    records = []
+    merged = {k: v * weights[0] if v.is_floating_point() else v for k, v in target.items()}
     for ck, w in zip(checkpoints[1:], weights[1:]):
         other = Cappy.from_pretrained(ck, device="cpu", dtype="float32").model.state_dict()
         missing, extra = sorted(set(target) - set(other)), sorted(set(other) - set(target))
@@ -736,23 +735,16 @@ def merge_checkpoints(
                     f"cannot merge {str(ck)!r} into {str(checkpoints[0])!r}: {k} has shape {tuple(v.shape)}, "
                     f"not {tuple(target[k].shape)}"
                 )
-            merged[k] += v.float() * w
-    base.model.load_state_dict({k: v.to(target[k].dtype) for k, v in merged.items()})
+            if v.is_floating_point():
+                merged[k] += v * w
+            elif not torch.equal(v, target[k]):  # integer buffers (position ids) are not averaged
+                raise ValueError(f"cannot merge {str(ck)!r} into {str(checkpoints[0])!r}: {k} differs")
+    base.model.load_state_dict(merged)
     if dtype is not None:
         base.model.to(DTYPES[dtype])
     saved = base.save_pretrained(out, model_card=model_card)
-    for ck in checkpoints:
-        rec = Path(resolve_model_path(ck)) / RECORD_FILE
-        if rec.is_file():
-            records.append(json.loads(rec.read_text()))
+    records = [Path(resolve_model_path(ck)) / RECORD_FILE for ck in checkpoints]
+    records = [json.loads(r.read_text()) for r in records if r.is_file()]
     if records:
-        tasks = sorted({t for r in records for t in r.get("tasks", [])})
-        inputs, seen = [], set()
-        for r in records:
-            for i in r.get("inputs", []):
-                key = (i.get("path"), i.get("sha256"))
-                if key not in seen:
-                    seen.add(key)
-                    inputs.append(i)
-        write_record(saved, {"tasks": tasks, "inputs": inputs})
+        write_record(saved, unite_records(records))
     return saved

@@ -63,11 +63,26 @@ def build_record(train_paths: list[str], base_model: str | None = None) -> dict[
             base_dir = Path(resolve_model_path(base_model))
         except (FileNotFoundError, ValueError):
             base_dir = None
+    own = {"tasks": sorted(tasks), "inputs": inputs}
     if base_dir is not None and (base_dir / RECORD_FILE).is_file():
-        base = json.loads((base_dir / RECORD_FILE).read_text())
-        tasks |= set(base.get("tasks", []))
-        inputs += base.get("inputs", [])
-    return {"tasks": sorted(tasks), "inputs": inputs}
+        return unite_records([own, json.loads((base_dir / RECORD_FILE).read_text())])
+    return own
+
+
+def unite_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record covering several: every task of any, every input file once (by path and checksum), in order.
+
+    Example: ``unite_records([{"tasks": ["sciq"], "inputs": []}, {"tasks": ["piqa"]}])["tasks"]`` -> ["piqa", "sciq"]
+    """
+    inputs: list[dict[str, Any]] = []
+    seen: set[tuple[Any, Any]] = set()
+    for r in records:
+        for i in r.get("inputs", []):
+            key = (i.get("path"), i.get("sha256")) if isinstance(i, dict) else None
+            if key is not None and key not in seen:
+                seen.add(key)
+                inputs.append(i)
+    return {"tasks": sorted({t for r in records for t in r.get("tasks", [])}), "inputs": inputs}
 
 
 def write_record(directory: str | Path, record: dict[str, Any]) -> None:
