@@ -2,7 +2,9 @@
 
 The input format lives here and nowhere else: the tokenizer's text-pair encoding of
 ``(instruction, response)``, truncated longest-first to ``max_length``. The score is the raw
-regression output of a one-label sequence-classification model (no sigmoid).
+regression output of a one-label sequence-classification model (no sigmoid). A checkpoint may declare
+``instruction_truncation: left`` (config.json, ``cappy``): an instruction that must be cut then loses its start
+instead of its end, so the question at the end of a long few-shot prompt stays in view.
 """
 
 from __future__ import annotations
@@ -211,17 +213,84 @@ def _precut(tokenizer: Any, texts: list[str], max_length: int) -> list[str]:
     return out
 
 
+INSTRUCTION_TRUNCATION = ("right", "left")
+
+
+def _check_instruction_truncation(side: str) -> str:
+    if side not in INSTRUCTION_TRUNCATION:
+        raise ValueError(f"instruction_truncation must be 'right' or 'left', got {side!r}")
+    return side
+
+
+def _kept_lengths(n_instruction: int, n_response: int, budget: int) -> tuple[int, int]:
+    """Token counts longest-first truncation keeps of each side, as `tokenizers` computes them: the shorter side
+    is kept whole if the longer can fill the rest; otherwise each keeps half (the longer one the odd token, the
+    response on a tie)."""
+    if n_instruction + n_response <= budget:
+        return n_instruction, n_response
+    n1, n2 = n_instruction, n_response
+    swap = n1 > n2
+    if swap:
+        n1, n2 = n2, n1
+    n2 = n1 if n1 > budget else max(n1, budget - n1)
+    if n1 + n2 > budget:
+        n1 = budget // 2
+        n2 = n1 + budget % 2
+    if swap:
+        n1, n2 = n2, n1
+    return min(n_instruction, n1), min(n_response, n2)
+
+
+def _encode_left(tokenizer: Any, instructions: list[str], responses: list[str], max_length: int) -> dict:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError("instruction_truncation='left' needs a fast (tokenizers-backed) tokenizer")
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    if budget < 2:
+        raise ValueError(f"max_length {max_length} leaves no room for a pair after the special tokens")
+    # through the tokenizer call, not backend.encode_batch: the backend keeps the last call's truncation setting
+    ins = tokenizer(instructions, add_special_tokens=False, truncation=False).encodings
+    res = tokenizer(responses, add_special_tokens=False, truncation=False).encodings
+    ids, types = [], []
+
+    def counted(text: str, n: int) -> int:  # the length the right-side path sees after its pre-cut (_precut)
+        return min(n, max_length + 16) if len(text) > 8 * max_length else n
+
+    for text_a, text_b, a, b in zip(instructions, responses, ins, res):
+        keep_a, keep_b = _kept_lengths(counted(text_a, len(a.ids)), counted(text_b, len(b.ids)), budget)
+        if keep_a < len(a.ids):
+            a.truncate(keep_a, direction="left")
+        if keep_b < len(b.ids):
+            b.truncate(keep_b, direction="right")
+        enc = backend.post_processor.process(a, b, add_special_tokens=True)  # the template only, no re-truncation
+        ids.append(enc.ids)
+        types.append(enc.type_ids)
+    out = {"input_ids": ids}
+    if "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"]):
+        out["token_type_ids"] = types
+    return out
+
+
 def encode_pairs(
-    tokenizer: Any, instructions: list[str], responses: list[str], max_length: int | None
+    tokenizer: Any,
+    instructions: list[str],
+    responses: list[str],
+    max_length: int | None,
+    instruction_truncation: str = "right",
 ) -> dict[str, list[list[int]]]:
     """The Cappy input format: the tokenizer's text-pair encoding of (instruction, response), unpadded.
 
     ``max_length`` truncates longest-first (what scoring and training use); None encodes the whole pairs (to
-    measure them). Example: ``encode_pairs(tok, ["What is 2+2?"], ["4"], 512)["input_ids"]`` -> ``[[101, ...]]``
+    measure them). ``instruction_truncation="left"`` cuts a too-long instruction from its start (keeping its end);
+    the response is always cut from its end, and the token counts kept on each side are the same either way.
+    Example: ``encode_pairs(tok, ["What is 2+2?"], ["4"], 512)["input_ids"]`` -> ``[[101, ...]]``
     """
+    _check_instruction_truncation(instruction_truncation)
     if max_length is None:
         # nothing is cut, so no pre-cut either: it would shorten what is being measured
         enc = tokenizer(instructions, responses, truncation=False, padding=False, return_attention_mask=False)
+    elif instruction_truncation == "left":
+        return _encode_left(tokenizer, instructions, responses, max_length)
     else:
         enc = tokenizer(
             _precut(tokenizer, instructions, max_length),
@@ -338,6 +407,7 @@ class Cappy:
         device: str | torch.device | None = None,
         name_or_path: str | None = None,
         autocast_dtype: torch.dtype | None = None,
+        instruction_truncation: str | None = None,
     ) -> None:
         if getattr(model.config, "num_labels", 1) != 1:
             raise ValueError(
@@ -356,6 +426,11 @@ class Cappy:
         self.max_tokens_per_batch = max_tokens_per_batch
         self.name_or_path = name_or_path or getattr(model.config, "_name_or_path", None)
         self.autocast_dtype = autocast_dtype
+        if instruction_truncation is None:  # what the checkpoint was trained with
+            instruction_truncation = (getattr(model.config, "cappy", None) or {}).get(
+                "instruction_truncation", "right"
+            )
+        self.instruction_truncation = _check_instruction_truncation(instruction_truncation)
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -369,12 +444,14 @@ class Cappy:
         revision: str | None = None,
         batch_size: int = 64,
         max_tokens_per_batch: int = 16384,
+        instruction_truncation: str | None = None,
         **model_kwargs: Any,
     ) -> Cappy:
         """Load any one-output sequence-classification checkpoint (RoBERTa, BERT/MiniLM, DeBERTa-v2, ...).
 
         ``dtype="auto"`` computes in bfloat16 autocast over float32 weights on CPUs with native bf16, in float32 on
-        other CPUs, and in the checkpoint's dtype on GPUs (see :func:`resolve_precision`).
+        other CPUs, and in the checkpoint's dtype on GPUs (see :func:`resolve_precision`). ``max_length`` and
+        ``instruction_truncation`` ("right"/"left", see :func:`encode_pairs`) default to what the checkpoint declares.
         Example: ``Cappy.from_pretrained("btan2/cappy-large", device="cuda", dtype="bfloat16")``
         """
         torch_dtype, autocast_dtype = resolve_precision(dtype, device)
@@ -393,6 +470,7 @@ class Cappy:
             device=device,
             name_or_path=str(name_or_path),
             autocast_dtype=autocast_dtype,
+            instruction_truncation=instruction_truncation,
         )
 
     @property
@@ -416,7 +494,7 @@ class Cappy:
         config = self.model.config
         config.num_labels = 1
         config.problem_type = "regression"
-        config.cappy = {"max_length": self.max_length}
+        config.cappy = {"max_length": self.max_length, "instruction_truncation": self.instruction_truncation}
         # sentence-transformers < 5 reads these two keys of config.json; >= 5 reads config_sentence_transformers.json.
         config.sentence_transformers = {"activation_fn": IDENTITY_ACTIVATION}
         config.sbert_ce_default_activation_function = IDENTITY_ACTIVATION
@@ -451,7 +529,13 @@ class Cappy:
             f"A Cappy scorer ({arch}, {n_params / 1e6:.1f}M parameters): it reads an (instruction, response) pair "
             "and returns one number, an estimate of how correct the response is (trained towards [0, 1]).\n\n"
             "Input: the tokenizer's text-pair encoding of (instruction, response), truncated longest-first to "
-            f"{self.max_length} tokens. Output: the raw regression value; no sigmoid.\n\n"
+            f"{self.max_length} tokens"
+            + (
+                ", a too-long instruction losing its start, not its end"
+                if self.instruction_truncation == "left"
+                else ""
+            )
+            + ". Output: the raw regression value; no sigmoid.\n\n"
             "```python\nfrom cappy import Cappy\n"
             'scorer = Cappy.from_pretrained("path/to/this/folder")\n'
             'scorer.choose("Is the sky blue? Yes or no.", ["yes", "no"])\n```\n\n'
@@ -477,7 +561,7 @@ class Cappy:
 
         Example: ``scorer.encode(["What is 2+2?"], ["4"])["input_ids"]``
         """
-        return encode_pairs(self.tokenizer, instructions, responses, self.max_length)
+        return encode_pairs(self.tokenizer, instructions, responses, self.max_length, self.instruction_truncation)
 
     def _batches(self, lengths: np.ndarray, order: np.ndarray) -> Iterator[np.ndarray]:
         """Consecutive runs of ``order`` (longest first) bounded by batch_size and the token budget, cut early where

@@ -41,6 +41,9 @@ class TrainConfig:
     """Dev pairs (same schema) for MSE and pairwise ranking accuracy during training."""
 
     max_length: int = 512
+    instruction_truncation: str | None = None
+    """"left" cuts a too-long instruction from its start (keeps its end, where a few-shot prompt's question is),
+    "right" from its end; None keeps what the base checkpoint declares ("right" if nothing). Saved with the model."""
     batch_size: int = 128
     """Effective batch: pairs per optimizer update, over all processes and accumulation steps."""
     per_device_batch_size: int = 16
@@ -119,6 +122,10 @@ class TrainConfig:
             raise ValueError(f"config: warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         if self.num_pairs is not None and self.num_pairs < 1:
             raise ValueError(f"config: num_pairs must be >= 1, got {self.num_pairs}")
+        if self.instruction_truncation not in (None, "right", "left"):
+            raise ValueError(
+                f"config: instruction_truncation must be right, left or null, got {self.instruction_truncation!r}"
+            )
         if self.rank_loss_weight < 0:
             raise ValueError(f"config: rank_loss_weight must be >= 0, got {self.rank_loss_weight}")
         if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):

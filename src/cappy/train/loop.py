@@ -144,7 +144,12 @@ class Trainer:
         # The Cappy wrapper clamps max_length to the model's positions (and scores dev); training encodes and collates
         # with the same model.py functions as scoring (_inputs).
         self.scorer = Cappy(
-            model, self.tokenizer, max_length=cfg.max_length, batch_size=cfg.eval_batch_size, device=acc.device
+            model,
+            self.tokenizer,
+            max_length=cfg.max_length,
+            batch_size=cfg.eval_batch_size,
+            device=acc.device,
+            instruction_truncation=cfg.instruction_truncation,
         )
         model.train()
         self.max_length = self.scorer.max_length
@@ -278,7 +283,12 @@ class Trainer:
             if self.fsdp:  # the full weights exist only in the gathered state dict
                 model = type(unwrapped)(unwrapped.config)
                 model.load_state_dict(state)
-            scorer = Cappy(model, self.tokenizer, max_length=self.max_length)
+            scorer = Cappy(
+                model,
+                self.tokenizer,
+                max_length=self.max_length,
+                instruction_truncation=self.scorer.instruction_truncation,
+            )
             if self.record is None:
                 self.record = build_record(self.cfg.train, self.cfg.model)
             if directory == self.out:
@@ -396,7 +406,9 @@ class Trainer:
 
     def _inputs(self, mb: Pairs) -> dict[str, torch.Tensor]:
         """The model inputs of a micro-batch: the scorer's pair encoding and collation, on this process's device."""
-        enc = encode_pairs(self.tokenizer, mb.instructions, mb.responses, self.max_length)
+        enc = encode_pairs(
+            self.tokenizer, mb.instructions, mb.responses, self.max_length, self.scorer.instruction_truncation
+        )
         return {k: v.to(self.accelerator.device) for k, v in collate_pairs(enc, self.tokenizer, self._pad_to).items()}
 
     # ------------------------------------------------------------------ the run
