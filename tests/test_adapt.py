@@ -66,6 +66,31 @@ def test_pairs_label_candidates_by_rouge_and_add_the_references():
         adaptation_pairs(exs, cands[:1])
 
 
+def test_mismatched_references_are_other_examples_answers_labelled_against_this_one():
+    exs = as_examples(
+        [("Q: capital of France?", ["Paris"]), ("Q: capital of Italy?", ["Rome"]), ("Q: city of lights?", ["Paris"])]
+        + [(f"Q: number {i}?", [f"{i} items"]) for i in range(5)]
+    )
+    cands = [[Candidate("Rome", "greedy", 0, -1, -1, 1)]] + [[] for _ in exs[1:]]
+    rows = adaptation_pairs(exs, cands, mismatched=3, seed=1)
+    assert rows == adaptation_pairs(exs, cands, mismatched=3, seed=1)  # seeded
+    assert [r for r in rows if r["source"] != "mismatched"] == adaptation_pairs(exs, cands)  # nothing else changes
+    for ex, c in zip(exs, cands):
+        got = [r for r in rows if r["source"] == "mismatched" and r["instruction"] == ex.instruction]
+        texts = [r["response"] for r in got]
+        assert len(texts) == 3 and len(set(texts)) == 3
+        assert not set(texts) & (set(ex.references) | {x.text for x in c})  # never one of its own responses
+        assert all(r["label"] == rouge_l(r["response"], ex.references) for r in got)
+    assert any(r["label"] > 0 for r in rows if r["source"] == "mismatched")  # "3 items" for "1 items": partly right
+    # the other Paris question's answer is France's own reference, so France never gets it as a wrong answer;
+    # Italy has one distinct other answer: no padding, no duplicates
+    pool_rows = [r for r in adaptation_pairs(exs[:3], [[], [], []], mismatched=2) if r["source"] == "mismatched"]
+    drawn = {q: {r["response"]: r["label"] for r in pool_rows if q in r["instruction"]} for q in ("France", "Italy")}
+    assert drawn == {"France": {"Rome": 0.0}, "Italy": {"Paris": 0.0}}
+    with pytest.raises(ValueError, match="mismatched must be a whole number"):
+        adaptation_pairs(exs, cands, mismatched=-1)
+
+
 def test_adapt_end_to_end_with_a_fake_generator_then_reuses_the_cache(tiny_model_dir, tmp_path):
     gen = EchoGenerator()
     cache = tmp_path / "gens.jsonl"
@@ -75,7 +100,8 @@ def test_adapt_end_to_end_with_a_fake_generator_then_reuses_the_cache(tiny_model
     assert len(gen.prompts) == 3  # each instruction generated once, appended to the cache
     assert set(read_generations(cache)) == {e["instruction"] for e in EXAMPLES}
     info = tuned.adaptation
-    assert info.counts == {"pairs": 3 * 5 + 5, "gold": 5, "examples": 3} and not info.reused
+    assert info.counts == {"pairs": 3 * 5 + 5, "gold": 5, "llm": 15, "mismatched": 0, "examples": 3}
+    assert not info.reused
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "config.json").is_file()
     before = base.score([EXAMPLES[0]["instruction"]] * 2, ["Paris", "London"])
     after = tuned.score([EXAMPLES[0]["instruction"]] * 2, ["Paris", "London"])
@@ -91,6 +117,12 @@ def test_adapt_end_to_end_with_a_fake_generator_then_reuses_the_cache(tiny_model
     # another setting trains again
     changed = adapt(base, EXAMPLES, candidates=str(cache), recipe="quick", output_dir=out, **{**FAST, "lr": 5e-4})
     assert not changed.adaptation.reused
+    # mismatched answers are other examples' references: example 1 (colours) can only get "4", since "Paris" is
+    # among its own candidates; examples 0 and 2 get two each
+    mm = adapt(base, EXAMPLES, candidates=str(cache), recipe="quick", output_dir=out, mismatched=2, **FAST)
+    assert not mm.adaptation.reused and mm.adaptation.counts["mismatched"] == 5
+    rows = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    assert sum(r["source"] == "mismatched" for r in rows) == 5 and len(rows) == 25
 
 
 def test_adapt_from_a_real_cache_file_without_a_generator(tiny_model_dir, tmp_path):
@@ -130,8 +162,10 @@ def test_cli_adapt_reads_any_format_with_field_options(tiny_model_dir, tmp_path,
     ]
     args += ["--no-progress", "--device", "cpu"] + [x for k, v in FAST.items() for x in ("--set", f"{k}={v}")]
     assert main(args) == 0
-    assert "3 examples, 20 pairs (5 gold)" in capsys.readouterr().err
+    assert "3 examples, 20 pairs (5 gold, 0 mismatched)" in capsys.readouterr().err
     assert json.loads((tmp_path / "m" / "model" / "training_data.json").read_text())["tasks"] == ["adapt"]
+    assert main(args + ["--mismatched", "2"]) == 0  # the same 5 drawn as through the API above
+    assert "3 examples, 25 pairs (5 gold, 5 mismatched)" in capsys.readouterr().err
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"q": "only a question"}) + "\n")

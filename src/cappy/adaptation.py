@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -134,16 +135,25 @@ def adaptation_pairs(
     metric: str | Metric = "rouge_l",
     task: str = "adapt",
     include_references: bool = True,
+    mismatched: int = 0,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Training pairs: every candidate labelled by ``metric`` against the example's references, plus each
-    reference itself with label 1.0 (the paper's recipe). Example:
+    reference itself with label 1.0 (the paper's recipe). ``mismatched=k`` adds, per example, k gold references
+    of other examples (the pretraining recipe's mismatched answers), labelled by ``metric`` against this example's
+    references, so an answer that happens to be right here is not called wrong; drawn with ``seed``, never one of
+    the example's own responses. Example:
     ``adaptation_pairs([AdaptExample("Q: 2+2?", ["4"])], [[cand]])[0]["label"]``
     """
     if len(examples) != len(candidates):
         raise ValueError(f"{len(examples)} examples but {len(candidates)} candidate lists")
+    if isinstance(mismatched, bool) or not isinstance(mismatched, int) or mismatched < 0:
+        raise ValueError(f"mismatched must be a whole number >= 0, got {mismatched!r}")
     score = _metric(metric)
     rows = []
-    for ex, cands in zip(examples, candidates):
+    pool = [(i, r) for i, ex in enumerate(examples) for r in dict.fromkeys(ex.references) if r.strip()]
+    rng = random.Random(seed)
+    for i, (ex, cands) in enumerate(zip(examples, candidates)):
         base = {"instruction": ex.instruction, "task": task, "template": "adapt"}
         if include_references:
             for ref in dict.fromkeys(r for r in ex.references if r.strip()):
@@ -153,7 +163,28 @@ def adaptation_pairs(
             if not 0.0 <= label <= 1.0:
                 raise ValueError(f"metric gave {label} for a candidate; labels must be in [0, 1]")
             rows.append({**base, "response": c.text, "label": label, "source": "llm"})
+        if mismatched:
+            own = set(ex.references) | {c.text for c in cands}
+            for text in _draw_mismatched(pool, i, own, mismatched, rng):
+                rows.append(
+                    {**base, "response": text, "label": float(score(text, ex.references)), "source": "mismatched"}
+                )
     return rows
+
+
+def _draw_mismatched(pool: list[tuple[int, str]], i: int, own: set[str], k: int, rng: random.Random) -> list[str]:
+    """Up to k distinct references of examples other than i, none in ``own``: rejection sampling (a bounded number
+    of draws, so the cost is O(k) per example, not a scan of the pool), then a scan if the pool is nearly used up."""
+    got: dict[str, None] = {}
+    for _ in range(8 * k):
+        j, text = pool[rng.randrange(len(pool))]
+        if j != i and text not in own:
+            got[text] = None
+            if len(got) == k:
+                return list(got)
+    rest = [t for j, t in pool if j != i and t not in own and t not in got]
+    rng.shuffle(rest)
+    return [*got, *dict.fromkeys(rest)][:k]
 
 
 def default_preset(device: str | None = "auto") -> str:
@@ -194,6 +225,7 @@ def adapt(
     device: str = "auto",
     dtype: str = "auto",
     show_progress: bool = False,
+    mismatched: int = 0,
     **overrides: Any,
 ) -> Any:
     """Adapt ``scorer`` (a Cappy, or a checkpoint name/path) to ``examples``; returns the adapted :class:`Cappy`.
@@ -228,7 +260,7 @@ def adapt(
         cands = source.get([e.instruction for e in exs], [e.id for e in exs])
     else:
         cands = source
-    rows = adaptation_pairs(exs, cands, metric=metric, task=task)
+    rows = adaptation_pairs(exs, cands, metric=metric, task=task, mismatched=mismatched, seed=gen_seed)
     pairs = out / "pairs.jsonl"
     with atomic_write(pairs) as f:
         for r in rows:
@@ -248,8 +280,10 @@ def adapt(
         "config": {k: v for k, v in cfg.to_dict().items() if k not in ("progress", "output_dir")},
         "pairs_sha256": sha256_file(pairs),
         "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
+        "mismatched": mismatched,
     }
-    counts = {"pairs": len(rows), "gold": sum(r["source"] == "gold" for r in rows), "examples": len(exs)}
+    counts = {"pairs": len(rows), "examples": len(exs)}
+    counts |= {k: sum(r["source"] == k for r in rows) for k in ("gold", "llm", "mismatched")}
     model_dir = out / "model"
     saved = out / SETTINGS_FILE
     reused = (model_dir / "config.json").is_file() and saved.is_file() and json.loads(saved.read_text()) == record

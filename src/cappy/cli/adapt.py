@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gens", default=None, help="generation cache to read (and append to with --backend)")
     p.add_argument("--config", default=None, help="training preset or YAML (default: adapt_cpu on CPU)")
     p.add_argument("--scale", type=float, default=None, help="multiply the preset's num_pairs")
+    p.add_argument(
+        "--mismatched",
+        type=int,
+        default=None,
+        help="per example, this many other examples' references as extra pairs labelled against its own",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training setting")
     p.add_argument("--task-name", default="adapt", help="the task name recorded in the model's training data")
     p.add_argument("--scorer-dtype", default="auto", help=DTYPE_HELP)
@@ -43,6 +49,8 @@ def run_adapt(args: argparse.Namespace) -> int:
         raise ValueError("give --gens (a generation cache) or --backend (to generate candidates)")
     overrides = parse_key_values(args.set, "--set")
     device = overrides.pop("device", args.device)  # --set device=X is the same as --device X
+    if args.mismatched is not None:
+        overrides["mismatched"] = args.mismatched
     examples = read_examples(args.train, args.instruction_field, args.references_field, args.id_field, args.split)
     source = CandidateSource(
         args.recipe or "cpu8_stop",
@@ -68,9 +76,10 @@ def run_adapt(args: argparse.Namespace) -> int:
     finally:
         source.close()
     info = tuned.adaptation
+    c = info.counts
     print(
-        f"cappy adapt: {info.counts['examples']} examples, {info.counts['pairs']} pairs "
-        f"({info.counts['gold']} gold) -> {info.model_dir}" + (" (reused)" if info.reused else ""),
+        f"cappy adapt: {c['examples']} examples, {c['pairs']} pairs ({c['gold']} gold, {c['mismatched']} mismatched)"
+        f" -> {info.model_dir}" + (" (reused)" if info.reused else ""),
         file=sys.stderr,
     )
     return 0
