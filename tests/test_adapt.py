@@ -11,6 +11,8 @@ from cappy.adaptation import AdaptExample, adaptation_pairs, as_examples, read_e
 from cappy.cli import main
 from cappy.generate import Candidate, CandidateSource, Generator, read_generations
 from cappy.metrics import rouge_l
+from cappy.train import TrainConfig
+from cappy.train.config import adaptation_settings
 
 # a tiny run: 64 pairs in batches of 8 at length 64, a large lr so 8 updates visibly move the scores
 FAST = {"num_pairs": 64, "batch_size": 8, "per_device_batch_size": 8, "max_length": 64, "lr": 1e-3}
@@ -100,7 +102,8 @@ def test_adapt_end_to_end_with_a_fake_generator_then_reuses_the_cache(tiny_model
     assert len(gen.prompts) == 3  # each instruction generated once, appended to the cache
     assert set(read_generations(cache)) == {e["instruction"] for e in EXAMPLES}
     info = tuned.adaptation
-    assert info.counts == {"pairs": 3 * 5 + 5, "gold": 5, "llm": 15, "mismatched": 0, "examples": 3}
+    # the adapt_cpu preset adds up to 8 other examples' references each: all 8 distinct ones not already its own
+    assert info.counts == {"pairs": 3 * 5 + 5 + 8, "gold": 5, "llm": 15, "mismatched": 8, "examples": 3}
     assert not info.reused
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "config.json").is_file()
     before = base.score([EXAMPLES[0]["instruction"]] * 2, ["Paris", "London"])
@@ -131,7 +134,7 @@ def test_adapt_from_a_real_cache_file_without_a_generator(tiny_model_dir, tmp_pa
     tuned = adapt(
         str(tiny_model_dir("bert")), EXAMPLES, candidates=str(cache), recipe="quick", output_dir=tmp_path / "o", **FAST
     )
-    assert tuned.adaptation.counts["pairs"] == 20
+    assert tuned.adaptation.counts["pairs"] == 28
     with pytest.raises(ValueError, match="no candidates for 1 prompt.*no generator"):
         adapt(
             str(tiny_model_dir("bert")),
@@ -141,6 +144,29 @@ def test_adapt_from_a_real_cache_file_without_a_generator(tiny_model_dir, tmp_pa
             output_dir=tmp_path / "o2",
             **FAST,
         )
+
+
+def test_a_presets_adaptation_section_sets_mismatched_and_training_ignores_it(tiny_model_dir, tmp_path):
+    cache = tmp_path / "gens.jsonl"
+    CandidateSource("quick", cache=cache, generator=EchoGenerator()).get([e["instruction"] for e in EXAMPLES])
+    preset = tmp_path / "p.yaml"
+    preset.write_text(
+        "lr: 1.0e-3\nbatch_size: 8\nper_device_batch_size: 8\nnum_pairs: 64\nmax_length: 64\n"
+        "adaptation:\n  mismatched: 2\n"
+    )
+    need = {"model": str(tiny_model_dir("bert")), "train": [str(cache)], "output_dir": str(tmp_path / "r")}
+    assert TrainConfig.from_yaml(preset, need).lr == 1e-3  # the section is not a training setting
+    assert adaptation_settings(preset) == {"mismatched": 2}
+    assert adaptation_settings("adapt_paper") == {"mismatched": 0}  # the paper's recipe: no section, no extras
+    args = dict(candidates=str(cache), recipe="quick", config=str(preset), device="cpu")
+    tuned = adapt(str(tiny_model_dir("bert")), EXAMPLES, output_dir=tmp_path / "a", **args)
+    assert tuned.adaptation.counts["mismatched"] == 5  # as drawn in the end-to-end test above
+    explicit = adapt(str(tiny_model_dir("bert")), EXAMPLES, output_dir=tmp_path / "b", mismatched=0, **args)
+    assert explicit.adaptation.counts["mismatched"] == 0  # an argument beats the preset
+    for bad, match in [("adaptation: 3\n", "must be a mapping"), ("adaptation:\n  hard: 1\n", "unknown adaptation")]:
+        preset.write_text(bad)
+        with pytest.raises(ValueError, match=match):
+            adaptation_settings(preset)
 
 
 def test_cli_adapt_reads_any_format_with_field_options(tiny_model_dir, tmp_path, capsys):
@@ -162,10 +188,12 @@ def test_cli_adapt_reads_any_format_with_field_options(tiny_model_dir, tmp_path,
     ]
     args += ["--no-progress", "--device", "cpu"] + [x for k, v in FAST.items() for x in ("--set", f"{k}={v}")]
     assert main(args) == 0
-    assert "3 examples, 20 pairs (5 gold, 0 mismatched)" in capsys.readouterr().err
+    assert "3 examples, 28 pairs (5 gold, 8 mismatched)" in capsys.readouterr().err  # the preset's 8
     assert json.loads((tmp_path / "m" / "model" / "training_data.json").read_text())["tasks"] == ["adapt"]
     assert main(args + ["--mismatched", "2"]) == 0  # the same 5 drawn as through the API above
     assert "3 examples, 25 pairs (5 gold, 5 mismatched)" in capsys.readouterr().err
+    assert main(args + ["--mismatched", "0"]) == 0  # the paper's pairs only
+    assert "3 examples, 20 pairs (5 gold, 0 mismatched)" in capsys.readouterr().err
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"q": "only a question"}) + "\n")

@@ -225,7 +225,7 @@ def adapt(
     device: str = "auto",
     dtype: str = "auto",
     show_progress: bool = False,
-    mismatched: int = 0,
+    mismatched: int | None = None,
     **overrides: Any,
 ) -> Any:
     """Adapt ``scorer`` (a Cappy, or a checkpoint name/path) to ``examples``; returns the adapted :class:`Cappy`.
@@ -236,7 +236,9 @@ def adapt(
     CPU, ``adapt_paper`` on GPU); ``scale`` multiplies its ``num_pairs``; ``overrides`` replace any other
     :class:`cappy.train.TrainConfig` setting (``seed`` is the training seed, ``gen_seed`` the samples'). The model
     is saved in ``output_dir/model`` with its pairs and settings; a second call with the same settings and data
-    reuses it. The returned scorer's ``adaptation`` attribute is an :class:`AdaptResult` (folders, pair counts,
+    reuses it. ``mismatched``: other examples' references added per example as pairs labelled by the metric
+    (:func:`adaptation_pairs`); None takes the preset's ``adaptation: mismatched``. The returned scorer's
+    ``adaptation`` attribute is an :class:`AdaptResult` (folders, pair counts,
     whether it was reused).
     Example:
         >>> tuned = adapt("cappy-mini", [("Q: 2+2?\\nA:", "4")], candidates="gens.jsonl", output_dir="out/t")
@@ -244,6 +246,7 @@ def adapt(
     from cappy.io import atomic_write, dumps, sha256_file
     from cappy.model import Cappy, export_checkpoint, resolve_model_path
     from cappy.train import TrainConfig, train
+    from cappy.train.config import adaptation_settings
 
     exs = as_examples(examples)
     out = Path(output_dir)
@@ -260,12 +263,14 @@ def adapt(
         cands = source.get([e.instruction for e in exs], [e.id for e in exs])
     else:
         cands = source
+    preset = str(config) if config is not None else default_preset(device)
+    if mismatched is None:
+        mismatched = adaptation_settings(preset)["mismatched"]
     rows = adaptation_pairs(exs, cands, metric=metric, task=task, mismatched=mismatched, seed=gen_seed)
     pairs = out / "pairs.jsonl"
     with atomic_write(pairs) as f:
         for r in rows:
             f.write(dumps(r) + "\n")
-    preset = str(config) if config is not None else default_preset(device)
     cfg = TrainConfig.from_yaml(preset, {"model": base, "train": [str(pairs)], "output_dir": str(out / "run")})
     settings: dict[str, Any] = {"num_pairs": cfg.num_pairs, "device": device, **overrides, "progress": show_progress}
     if scale is not None:

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--mismatched",
         type=int,
         default=None,
-        help="per example, this many other examples' references as extra pairs labelled against its own",
+        help="per example, this many other examples' references as extra pairs labelled against its own "
+        "(default: the preset's adaptation: mismatched)",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training setting")
     p.add_argument("--task-name", default="adapt", help="the task name recorded in the model's training data")

@@ -148,13 +148,8 @@ class TrainConfig:
 
         Example: ``TrainConfig.from_yaml("adapt_paper", {"model": "cappy-mini", "train": ["p/"]})``
         """
-        p = preset_path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML ({err})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a training config is a YAML mapping of settings, got {type(data).__name__}")
+        data = _read_yaml(path)
+        data.pop(ADAPTATION_SECTION, None)  # pair-building settings of cappy.adapt (read by adaptation_settings)
         return cls.from_dict({**data, **(overrides or {})}, source=str(path))
 
     @classmethod
@@ -176,6 +171,37 @@ class TrainConfig:
 def available_presets() -> list[str]:
     """Names of the shipped training presets. Example: ``available_presets()`` -> ["adapt_cpu", "adapt_paper"]"""
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+# A preset's optional mapping of how `cappy.adapt` builds its pairs; training itself ignores it.
+ADAPTATION_SECTION = "adaptation"
+ADAPTATION_KEYS = {"mismatched": 0}
+
+
+def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = preset_path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a training config is a YAML mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def adaptation_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``adaptation:`` section of a preset or YAML file (how :func:`cappy.adapt` builds pairs), with defaults.
+
+    Example: ``adaptation_settings("adapt_cpu")["mismatched"]`` -> 8
+    """
+    section = _read_yaml(path).get(ADAPTATION_SECTION) or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"{path}: '{ADAPTATION_SECTION}' must be a mapping, got {type(section).__name__}")
+    unknown = sorted(set(section) - set(ADAPTATION_KEYS))
+    if unknown:
+        known = sorted(ADAPTATION_KEYS)
+        raise ValueError(f"{path}: unknown {ADAPTATION_SECTION} setting(s) {unknown}; known: {known}")
+    return {**ADAPTATION_KEYS, **section}
 
 
 def preset_path(name_or_path: str | os.PathLike) -> Path:
