@@ -13,6 +13,7 @@ from cappy.generate.base import prompt_id_of
 from cappy.generate.cache import read_generations
 from cappy.metrics import rouge_l
 from cappy.train import TrainConfig
+from cappy.train.config import adaptation_settings
 from conftest import SHARED_DATA
 
 BB = SHARED_DATA / "bigbench"
@@ -218,8 +219,16 @@ def test_cli_bigbench_adapts_per_task_on_train_candidates(tiny_model_dir, tmp_pa
     assert {"cappy", "cappy_adapted"} <= set(res["methods"])
     pairs = [json.loads(x) for x in open(out / "adapt" / "repeat_copy_logic" / "pairs.jsonl")]
     refs = sum(len(set(ex.references)) for ex in train)
-    # every train prompt's 4 candidates labelled by Rouge-L against its references, and each reference itself
-    assert len(pairs) == 6 * 4 + refs
+    # every train prompt's 4 candidates labelled by Rouge-L against its references, each reference itself, and
+    # (adapt_cpu's adaptation section) up to 8 other train prompts' references, labelled against its own
+    assert sum(p["source"] == "llm" for p in pairs) == 6 * 4
+    mismatched = [p for p in pairs if p["source"] == "mismatched"]
+    assert len(pairs) == 6 * 4 + refs + len(mismatched) and mismatched
+    own = {ex.input: set(ex.references) for ex in train}
+    said = {q: own[q] | {p["response"] for p in pairs if p["instruction"] == q and p["source"] == "llm"} for q in own}
+    others = {q: {r for o in train if o.input != q for r in o.references} - said[q] for q in own}
+    assert all(p["response"] in others[p["instruction"]] for p in mismatched)
+    assert all(sum(p["instruction"] == q for p in mismatched) == min(8, len(others[q])) for q in own)
     gold = [p for p in pairs if p["source"] == "gold"]
     assert len(gold) == refs and all(p["label"] == 1.0 for p in gold)
     assert {p["response"] for p in gold} == {r for ex in train for r in ex.references}
@@ -228,6 +237,7 @@ def test_cli_bigbench_adapts_per_task_on_train_candidates(tiny_model_dir, tmp_pa
     # adapt_cpu (the CPU default) scaled by 0.01, the overrides on top
     preset = TrainConfig.from_yaml("adapt_cpu", {"model": "m", "train": "t", "output_dir": "o"})
     assert settings["preset"] == "adapt_cpu" and settings["config"]["num_pairs"] == round(preset.num_pairs * 0.01)
+    assert settings["mismatched"] == adaptation_settings("adapt_cpu")["mismatched"] == 8
     assert settings["config"]["lr"] == 1e-3 and settings["config"]["max_length"] == 64
     assert not {p["instruction"] for p in pairs} & {ex.input for ex in val}  # never the validation prompts
     adapted = out / "adapt" / "repeat_copy_logic" / "model"
