@@ -45,8 +45,12 @@ def main() -> None:
         name, _, rest = spec.partition("=")
         path, _, method = rest.partition(":")
         method = method or "cappy_adapted"
+        if not name or not path or name in per_task:
+            raise ValueError(f"--beside {spec!r}: expected NAME=RUN[:METHOD] with a NAME that is not a method already")
         other = json.loads((Path(path) / "results.json").read_text())["per_prompt"]
         for t, v in merged["per_prompt"].items():
+            if t in other and method not in other[t]:
+                raise ValueError(f"{path}: task {t} has no method {method!r} (has {sorted(other[t])})")
             if t not in other or other[t].get("first:greedy") != v.get("first:greedy"):
                 raise ValueError(f"{path}: task {t} is missing or has other prompts/candidates (first:greedy differs)")
             v[name] = other[t][method]

@@ -163,7 +163,11 @@ def test_a_presets_adaptation_section_sets_mismatched_and_training_ignores_it(ti
     assert tuned.adaptation.counts["mismatched"] == 5  # as drawn in the end-to-end test above
     explicit = adapt(str(tiny_model_dir("bert")), EXAMPLES, output_dir=tmp_path / "b", mismatched=0, **args)
     assert explicit.adaptation.counts["mismatched"] == 0  # an argument beats the preset
-    for bad, match in [("adaptation: 3\n", "must be a mapping"), ("adaptation:\n  hard: 1\n", "unknown adaptation")]:
+    for bad, match in [
+        ("adaptation: 3\n", "must be a mapping"),
+        ("adaptation:\n  hard: 1\n", "unknown adaptation"),
+        ("adaptation:\n  mismatched: '8'\n", "p.yaml: adaptation: mismatched must be a whole number"),
+    ]:
         preset.write_text(bad)
         with pytest.raises(ValueError, match=match):
             adaptation_settings(preset)
@@ -194,6 +198,8 @@ def test_cli_adapt_reads_any_format_with_field_options(tiny_model_dir, tmp_path,
     assert "3 examples, 25 pairs (5 gold, 5 mismatched)" in capsys.readouterr().err
     assert main(args + ["--mismatched", "0"]) == 0  # the paper's pairs only
     assert "3 examples, 20 pairs (5 gold, 0 mismatched)" in capsys.readouterr().err
+    assert main(args + ["--set", "mismatched=2"]) == 2  # not a training setting: said so, nothing trained
+    assert "use --mismatched N" in capsys.readouterr().err
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"q": "only a question"}) + "\n")

@@ -238,8 +238,7 @@ def adapt(
     is saved in ``output_dir/model`` with its pairs and settings; a second call with the same settings and data
     reuses it. ``mismatched``: other examples' references added per example as pairs labelled by the metric
     (:func:`adaptation_pairs`); None takes the preset's ``adaptation: mismatched``. The returned scorer's
-    ``adaptation`` attribute is an :class:`AdaptResult` (folders, pair counts,
-    whether it was reused).
+    ``adaptation`` attribute is an :class:`AdaptResult` (folders, pair counts, whether it was reused).
     Example:
         >>> tuned = adapt("cappy-mini", [("Q: 2+2?\\nA:", "4")], candidates="gens.jsonl", output_dir="out/t")
     """

@@ -50,8 +50,8 @@ def run_adapt(args: argparse.Namespace) -> int:
         raise ValueError("give --gens (a generation cache) or --backend (to generate candidates)")
     overrides = parse_key_values(args.set, "--set")
     device = overrides.pop("device", args.device)  # --set device=X is the same as --device X
-    if args.mismatched is not None:
-        overrides["mismatched"] = args.mismatched
+    if "mismatched" in overrides:
+        raise ValueError("mismatched is not a training setting: use --mismatched N instead of --set mismatched=N")
     examples = read_examples(args.train, args.instruction_field, args.references_field, args.id_field, args.split)
     source = CandidateSource(
         args.recipe or "cpu8_stop",
@@ -72,6 +72,7 @@ def run_adapt(args: argparse.Namespace) -> int:
             device=device,
             dtype=args.scorer_dtype,
             show_progress=not args.no_progress,
+            mismatched=args.mismatched,
             **overrides,
         )
     finally:

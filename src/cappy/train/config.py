@@ -201,6 +201,9 @@ def adaptation_settings(path: str | os.PathLike) -> dict[str, Any]:
     if unknown:
         known = sorted(ADAPTATION_KEYS)
         raise ValueError(f"{path}: unknown {ADAPTATION_SECTION} setting(s) {unknown}; known: {known}")
+    k = section.get("mismatched", 0)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"{path}: {ADAPTATION_SECTION}: mismatched must be a whole number >= 0, got {k!r}")
     return {**ADAPTATION_KEYS, **section}
 
 
