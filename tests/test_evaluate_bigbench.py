@@ -249,6 +249,38 @@ def test_cli_bigbench_adapts_per_task_on_train_candidates(tiny_model_dir, tmp_pa
     assert Cappy.from_pretrained(adapted, device="cpu").score(val[0].input, "x") != pytest.approx(base)
 
 
+def test_cli_bigbench_adapts_on_candidates_of_another_recipe(tiny_model_dir, tmp_path):
+    # validation candidates under "quick", train candidates only under a second recipe: --adapt-recipe must take the
+    # train prompts' candidates from that recipe (with --recipe alone, adaptation would find none and fail)
+    cfg = BBConfig(max_examples=3, max_train=5)
+    cache = tmp_path / "gens.jsonl"
+    task = BB / "repeat_copy_logic"
+    _, train, val = task_prompts(task, cfg)
+    write_cache(cache, val)
+    write_cache(cache, train, recipe="train4")
+    recipe = tmp_path / "train4.yaml"
+    recipe.write_text(
+        "name: train4\nmax_new_tokens: 16\ndecodings:\n  - {name: greedy, method: greedy, n: 1}\n"
+        "  - {name: temp0.9, method: sample, temperature: 0.9, n: 3}\n"
+    )
+    out = tmp_path / "bb"
+    common = [
+        "eval", "bigbench", "--task", str(task), "--max-examples", "3", "--max-train", "5", "--gens", str(cache),
+        "--recipe", "quick", "--model", str(tiny_model_dir("bert")), "--out", str(out), "--no-progress",
+        "--no-plots", "--device", "cpu",
+    ]  # fmt: skip
+    assert main([*common, "--adapt-recipe", str(recipe)]) == 2  # without --adapt it has nothing to do
+    adapt = ["--adapt", "--adapt-scale", "0.005", "--adapt-override", "max_length=64", "--adapt-override",
+             "per_device_batch_size=8"]  # fmt: skip
+    assert main([*common, *adapt]) == 2  # the train prompts have no "quick" candidates and there is no backend
+    assert main([*common, *adapt, "--adapt-recipe", str(recipe)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["recipe"]["name"] == "quick" and res["adaptation"]["recipe"]["name"] == "train4"
+    pairs = [json.loads(x) for x in open(out / "adapt" / "repeat_copy_logic" / "pairs.jsonl")]
+    assert sum(p["source"] == "llm" for p in pairs) == 5 * 4
+    assert {p["instruction"] for p in pairs} == {ex.input for ex in train}
+
+
 def test_task_without_train_examples_keeps_the_unadapted_scorer_as_adapted(tiny_scorer, tmp_path):
     cfg = BBConfig(max_examples=3, max_train=4)
     task = BB / "conlang_translation"  # its official split leaves no train examples

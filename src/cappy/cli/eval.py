@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     bb.add_argument("--adapt-config", default=None, help="training preset or YAML (default: adapt_cpu on CPU)")
     bb.add_argument("--adapt-scale", type=float, default=None, help="multiply the preset's num_pairs")
     bb.add_argument("--adapt-override", action="append", default=[], help="KEY=VALUE for the adaptation config")
+    bb.add_argument(
+        "--adapt-recipe",
+        default=None,
+        help="recipe of the train prompts' candidates for --adapt (default: --recipe); same cache and generator",
+    )
     bb.add_argument("--scorer-dtype", default="auto", help=DTYPE_HELP)
     _add_output_args(bb, required=True)
     add_generator_args(bb, required=False)
@@ -99,13 +104,17 @@ def run_bigbench(args: argparse.Namespace) -> int:
     from cappy.generate import CandidateSource
 
     gens = args.gens or str(Path(args.out) / "generations.jsonl")
+    factory = generator_factory(args)
     source = CandidateSource(
-        args.recipe or "paper17",
-        cache=gens,
-        generator=generator_factory(args),
-        seed=args.seed,
-        show_progress=not args.no_progress,
+        args.recipe or "paper17", cache=gens, generator=factory, seed=args.seed, show_progress=not args.no_progress
     )
+    train_source = None
+    if args.adapt_recipe is not None:
+        if not args.adapt:
+            raise ValueError("--adapt-recipe needs --adapt (it names the recipe of the adaptation candidates)")
+        train_source = CandidateSource(
+            args.adapt_recipe, cache=gens, generator=factory, seed=args.seed, show_progress=not args.no_progress
+        )
     run_bigbench(
         args.task or None,
         BBConfig(max_examples=args.max_examples or None, max_train=args.max_train or None, seed=args.seed),
@@ -116,6 +125,7 @@ def run_bigbench(args: argparse.Namespace) -> int:
         adapt_config=args.adapt_config,
         adapt_scale=args.adapt_scale,
         adapt_overrides=parse_key_values(args.adapt_override, "--adapt-override"),
+        adapt_candidates=train_source,
         max_tasks=args.max_tasks,
         device=args.device,
         dtype=args.scorer_dtype,

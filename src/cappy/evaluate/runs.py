@@ -104,6 +104,7 @@ def run_bigbench(
     adapt_config: str | None = None,
     adapt_scale: float | None = None,
     adapt_overrides: dict[str, Any] | None = None,
+    adapt_candidates: Any = None,
     max_tasks: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
@@ -115,7 +116,9 @@ def run_bigbench(
     """BIG-Bench boosting over the official split; ``candidates`` is a :class:`cappy.generate.CandidateSource`.
 
     With ``adapt`` the scorer ``model`` is also adapted per task on that task's train prompts
-    (:func:`cappy.adapt`, preset ``adapt_config`` or the device's default), as method ``cappy_adapted``.
+    (:func:`cappy.adapt`, preset ``adapt_config`` or the device's default), as method ``cappy_adapted``; its
+    train candidates come from ``adapt_candidates`` (another :class:`CandidateSource`, e.g. a cheaper recipe) when
+    given, else from ``candidates``.
     """
     from cappy.adaptation import adapt as adapt_scorer
 
@@ -153,12 +156,13 @@ def run_bigbench(
             base = meta["models"]["cappy"]["path"]
             overrides = dict(adapt_overrides or {})
             train_device = overrides.pop("device", device)  # a "device" override is where adaptation trains
+            train_source = adapt_candidates if adapt_candidates is not None else candidates
 
             def adapt_fn(task: str, train: list[Any]) -> Any:
                 return adapt_scorer(
                     base,
                     train,
-                    candidates=candidates,
+                    candidates=train_source,
                     output_dir=out / "adapt" / task,
                     config=adapt_config,
                     scale=adapt_scale,
@@ -170,9 +174,13 @@ def run_bigbench(
                 )
 
             meta["adaptation"] = {"config": adapt_config, "scale": adapt_scale, "overrides": overrides}
+            if train_source.recipe is not None:
+                meta["adaptation"]["recipe"] = train_source.recipe.to_dict()
     try:
         results = evaluate_bigbench(paths, cfg, get_candidates, scorers, adapt_fn, show_progress=show_progress)
     finally:
         candidates.close()
+        if adapt_candidates is not None and adapt_candidates is not candidates:
+            adapt_candidates.close()
     write_run(results, out, meta, plots=plots)
     return results
