@@ -3,7 +3,9 @@ shipped scorer zero-shot, and the adapted model (optionally mixed with the pretr
 among one or more candidate pools of the same prompts. Validation prompts are never read.
 
 The held-aside prompts are those of ``scripts/bigbench_adapt_select.py`` (same hash rule, ``--max-train`` sample);
-``--run`` is one of its setting folders (``<out>/<setting>``, a ``<task>/model`` per task).
+``--run`` is one of its setting folders (``<out>/<setting>``, a ``<task>/model`` per task). With several ``--run``
+(e.g. the same setting under other training seeds) each further run is scored alone (``run<i>``), and all of them
+together as a uniform weight average (``soup``) and as the mean of their scores (``ensemble``).
 
 Example:
     python scripts/bigbench_heldaside_score.py --run ~/.cache/cappy/runs/sel8/B/mm8_4k_b32 \\
@@ -57,9 +59,27 @@ def cut_candidates(cands: list[list[Candidate]], tokens: int) -> list[list[Candi
     return out
 
 
+class _Ensemble:
+    """The mean of several scorers' scores (duck-types the ``score_groups`` that boosting calls)."""
+
+    def __init__(self, members: list[Cappy]) -> None:
+        self.members = members
+
+    def score_groups(self, instructions: list[str], groups: list[list[str]]) -> list[np.ndarray]:
+        per = [m.score_groups(instructions, groups, show_progress_bar=False) for m in self.members]
+        return [np.mean([p[i] for p in per], axis=0) for i in range(len(instructions))]
+
+
+def _picked(prompts: list[str], cands: list, scorer: object, refs: list, seed: int) -> float:
+    picked = boost_candidates(prompts, cands, scorer, ["cappy"], refs, seed=seed)
+    return float(np.mean([r.metric["cappy"] for r in picked]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", required=True, help="a setting folder of bigbench_adapt_select.py (<task>/model)")
+    ap.add_argument(
+        "--run", action="append", required=True, help="a setting folder of bigbench_adapt_select.py (<task>/model)"
+    )
     ap.add_argument("--pool", action="append", required=True, help="NAME=RECIPE@GENS[#CUT], repeatable")
     ap.add_argument("--alpha", type=float, action="append", default=None, help="weight of the adapted model")
     ap.add_argument("--task", action="append", default=None, help="only these task names")
@@ -75,7 +95,8 @@ def main() -> None:
     base = Cappy.from_pretrained(args.model, device="cpu")
     base_sd = {k: v.clone() for k, v in base.model.state_dict().items()}
     mixed = Cappy.from_pretrained(args.model, device="cpu")
-    folders = sorted(p for p in Path(args.run).expanduser().iterdir() if (p / "model" / "config.json").is_file())
+    runs = [Path(r).expanduser() for r in args.run]
+    folders = sorted(p for p in runs[0].iterdir() if (p / "model" / "config.json").is_file())
     table: dict[str, dict[str, dict]] = {}
     for folder in folders:
         if args.task and folder.name not in args.task:
@@ -86,6 +107,7 @@ def main() -> None:
         prompts, refs = [ex.input for ex in held], [list(ex.references) for ex in held]
         tuned = Cappy.from_pretrained(folder / "model", device="cpu")
         tuned_sd = tuned.model.state_dict()
+        others = [Cappy.from_pretrained(r / folder.name / "model", device="cpu") for r in runs[1:]]
         mixed.max_length, mixed.instruction_truncation = tuned.max_length, tuned.instruction_truncation
         for pool, recipe, gens, cut in pools:
             cands = CandidateSource(recipe, cache=gens, seed=args.seed).get(prompts)
@@ -99,6 +121,17 @@ def main() -> None:
                 mixed.model.load_state_dict(sd)
                 picked = boost_candidates(prompts, cands, mixed, ["cappy"], refs, seed=args.seed)
                 row[f"adapted@{a:g}"] = float(np.mean([r.metric["cappy"] for r in picked]))
+            if others:
+                members = [tuned, *others]
+                for i, m in enumerate(others, 1):
+                    row[f"run{i}"] = _picked(prompts, cands, m, refs, args.seed)
+                sds = [m.model.state_dict() for m in members]
+                soup = {
+                    k: sum(sd[k] for sd in sds) / len(sds) if v.is_floating_point() else v for k, v in base_sd.items()
+                }
+                mixed.model.load_state_dict(soup)
+                row["soup"] = _picked(prompts, cands, mixed, refs, args.seed)
+                row["ensemble"] = _picked(prompts, cands, _Ensemble(members), refs, args.seed)
             row["n_held"] = len(prompts)
             table.setdefault(pool, {})[name] = row
             print(pool, name, {k: round(100 * v, 1) for k, v in row.items() if k != "n_held"}, flush=True)
