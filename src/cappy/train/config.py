@@ -66,6 +66,11 @@ class TrainConfig:
 
     rank_loss_weight: float = 0.0
     """Weight of a softmax cross-entropy over the responses of one instruction (0 = the paper's pure MSE)."""
+    rank_scope: str = "micro_batch"
+    """Where the listwise term finds an instruction's responses: "micro_batch" (each forward pass; a run longer
+    than per_device_batch_size is split, so that size is part of the setting) or "batch" (the whole update batch
+    on each process, whatever the micro-batch size: a gradient-free scoring pass first, about a third more
+    compute when an update has several micro-batches)."""
     group_by_instruction: bool | None = None
     """Keep pairs of one instruction together in batches; defaults to on when rank_loss_weight > 0."""
 
@@ -128,6 +133,8 @@ class TrainConfig:
             )
         if self.rank_loss_weight < 0:
             raise ValueError(f"config: rank_loss_weight must be >= 0, got {self.rank_loss_weight}")
+        if self.rank_scope not in ("micro_batch", "batch"):
+            raise ValueError(f"config: rank_scope must be micro_batch or batch, got {self.rank_scope!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):
             raise ValueError(f"config: mixed_precision must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
         if self.metric_for_best not in ("dev_mse", "dev_pairwise_accuracy", "dev_hard_pairwise_accuracy"):

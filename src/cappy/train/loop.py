@@ -363,6 +363,11 @@ class Trainer:
         micro = self._micro_batches(batch)
         loss_sum = torch.zeros((), dtype=torch.float64)
         lr = self.scheduler.get_last_lr()[0]
+        rank_grads: dict[int, torch.Tensor] | None = None
+        # With one micro-batch, the in-pass term below already spans the whole share: no extra pass.
+        if cfg.rank_loss_weight > 0 and cfg.rank_scope == "batch" and sum(mb is not None for mb in micro) > 1:
+            rank_value, rank_grads = self._batch_rank_term(micro)
+            loss_sum += cfg.rank_loss_weight * rank_value
         for i, mb in enumerate(micro):
             dummy = mb is None
             if dummy:  # keep forward/backward counts equal across processes; contributes zero gradient
@@ -378,10 +383,12 @@ class Trainer:
             with ctx:
                 scores = self.model(**inputs).logits.reshape(-1).float()
                 se = (scores - labels).pow(2).sum()
-                if cfg.rank_loss_weight > 0:
+                if cfg.rank_loss_weight > 0 and rank_grads is None:
                     se = se + cfg.rank_loss_weight * _rank_term(scores, labels, mb.instructions)
                 if not dummy:
                     loss_sum += se.detach().double().cpu()
+                if rank_grads is not None and not dummy:  # the batch-wide term's gradient (its value is logged above)
+                    se = se + cfg.rank_loss_weight * (rank_grads[i] * scores).sum()
                 if sync:
                     total = float(acc.reduce(loss_sum.to(acc.device), reduction="sum").item()) / n
                     if not math.isfinite(total):
@@ -399,6 +406,27 @@ class Trainer:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total, norm, lr
+
+    def _batch_rank_term(self, micro: list[Pairs | None]) -> tuple[float, dict[int, torch.Tensor]]:
+        """The listwise term over each instruction's run in this process's whole share of the update batch
+        (``rank_scope: batch``): its value and its gradient with respect to each micro-batch's scores, from one
+        scoring pass without gradients. The next pass backpropagates ``sum(grad * scores)``, which has that
+        gradient, so memory stays bounded by the micro-batch whatever the run length (dropout draws differ between
+        the two passes, as between any two forward passes)."""
+        real = {i: mb for i, mb in enumerate(micro) if mb is not None}
+        if not real:
+            return 0.0, {}
+        with torch.no_grad():
+            parts = {i: self.model(**self._inputs(mb)).logits.reshape(-1).float() for i, mb in real.items()}
+        scores = torch.cat(list(parts.values())).detach().requires_grad_(True)
+        labels = torch.from_numpy(np.concatenate([mb.labels for mb in real.values()])).to(scores.device)
+        term = _rank_term(scores, labels, [x for mb in real.values() for x in mb.instructions])
+        if term.requires_grad:
+            term.backward()
+            grads = scores.grad.split([len(mb) for mb in real.values()])
+        else:  # no run of two or more responses with a positive label
+            grads = tuple(torch.zeros_like(p) for p in parts.values())
+        return float(term.detach()), dict(zip(real, grads, strict=True))
 
     @property
     def _pad_to(self) -> int | None:
