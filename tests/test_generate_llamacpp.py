@@ -37,6 +37,31 @@ def gemma_parallel():
     gen.close()
 
 
+def test_extra_buffer_types_follow_the_amx_detection_and_the_override(monkeypatch):
+    """Where llama.cpp's AMX backend is active its repacked matmul can segfault, so weights stay in plain buffers;
+    the environment variable forces either way and a bad value is an error naming it."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
+
+    from cappy.generate.llamacpp import EXTRA_BUFTS_ENV, apply_llama_cpp_workarounds, llama_extra_buffers_safe
+
+    monkeypatch.delenv(EXTRA_BUFTS_ENV, raising=False)
+    amx = "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode()
+    assert llama_extra_buffers_safe() is not amx
+    monkeypatch.setenv(EXTRA_BUFTS_ENV, "1")
+    assert llama_extra_buffers_safe() is True
+    monkeypatch.setenv(EXTRA_BUFTS_ENV, "yes")
+    with pytest.raises(ValueError, match=EXTRA_BUFTS_ENV):
+        llama_extra_buffers_safe()
+    monkeypatch.setattr(lib, "llama_model_default_params", lib.llama_model_default_params)  # restored afterwards
+    monkeypatch.setenv(EXTRA_BUFTS_ENV, "0")
+    assert apply_llama_cpp_workarounds() is False and apply_llama_cpp_workarounds() is False
+    params = lib.llama_model_default_params()
+    assert (
+        params.use_extra_bufts is False and params.n_gpu_layers == llama_cpp.llama_model_default_params().n_gpu_layers
+    )
+
+
 def test_gguf_is_assembled_once_and_cached():
     first = gemma_gguf_path()
     assert first.stat().st_size > 200_000_000 and first.name.endswith(".gguf")
@@ -62,6 +87,9 @@ def test_greedy_matches_llama_cpp_own_completion(gemma):
     """Our decode loop against llama-cpp-python's own greedy completion and its log-probabilities."""
     from llama_cpp import Llama
 
+    from cappy.generate.llamacpp import apply_llama_cpp_workarounds
+
+    apply_llama_cpp_workarounds()
     ref = Llama(model_path=str(gemma_gguf_path()), n_ctx=128, n_threads=1, logits_all=True, verbose=False)
     try:
         out = ref.create_completion(PROMPT, max_tokens=5, temperature=0.0, logprobs=1)

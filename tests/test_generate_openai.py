@@ -339,7 +339,9 @@ def llama_server(tmp_path_factory):
     from cappy.generate.llamacpp import gemma_gguf_path
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gemma_gguf_path()), "--host", "127.0.0.1"]
+    # cappy's wrapper of `python -m llama_cpp.server` (same arguments) applies the AMX workaround first
+    cmd = [sys.executable, "-m", "cappy.generate.llama_server", "--model", str(gemma_gguf_path())]
+    cmd += ["--host", "127.0.0.1"]
     cmd += [
         "--port",
         str(port),

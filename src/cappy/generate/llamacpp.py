@@ -28,6 +28,52 @@ from cappy.generate.base import Candidate, Decoding, GenerationError, Generator,
 logger = logging.getLogger(__name__)
 
 GEMMA_ENV = "CAPPY_GEMMA_GGUF"
+EXTRA_BUFTS_ENV = "CAPPY_LLAMA_EXTRA_BUFTS"
+
+
+def llama_extra_buffers_safe() -> bool:
+    """Whether llama.cpp may repack weights into its extra CPU buffer types (AMX, CPU_REPACK).
+
+    Not where llama.cpp's AMX backend is active (``AMX_INT8 = 1`` in its system info): its matrix multiply
+    segfaults on the first decode on some Sapphire-Rapids-class VMs (seen here on an "Intel Xeon Processor" with
+    amx_int8; ggml-org/llama.cpp#20824). Without extra buffers the model runs on the plain CPU kernels. The
+    environment variable ``CAPPY_LLAMA_EXTRA_BUFTS`` = 1 or 0 overrides the detection.
+    Example: ``llama_extra_buffers_safe()`` -> True on a CPU without AMX
+    """
+    forced = os.environ.get(EXTRA_BUFTS_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ValueError(f"{EXTRA_BUFTS_ENV} must be 0 or 1, got {forced!r}")
+    import llama_cpp
+
+    return "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode(errors="replace")
+
+
+def apply_llama_cpp_workarounds() -> bool:
+    """Make every ``llama_cpp.Llama`` built in this process skip the extra buffer types where
+    :func:`llama_extra_buffers_safe` says so (llama-cpp-python's ``Llama`` does not expose ``use_extra_bufts``,
+    so its default model parameters are wrapped). Idempotent; returns whether extra buffers stay on.
+    Example: ``apply_llama_cpp_workarounds()`` before ``llama_cpp.Llama(...)`` or the llama.cpp server
+    """
+    import llama_cpp.llama_cpp as lib
+
+    if llama_extra_buffers_safe():
+        return True
+    default = lib.llama_model_default_params
+    if not getattr(default, "_cappy_no_extra_bufts", False):
+
+        def no_extra_bufts() -> Any:
+            params = default()
+            params.use_extra_bufts = False
+            return params
+
+        no_extra_bufts._cappy_no_extra_bufts = True  # type: ignore[attr-defined]
+        lib.llama_model_default_params = no_extra_bufts
+        logger.info(
+            "llama.cpp: AMX backend active; weights stay in plain CPU buffers (%s=1 to override)", EXTRA_BUFTS_ENV
+        )
+    return False
 
 
 @lru_cache(maxsize=1)
@@ -157,6 +203,7 @@ class LlamaCppGenerator(Generator):
         path = Path(model_path) if model_path is not None else gemma_gguf_path()
         if not path.is_file():
             raise FileNotFoundError(f"GGUF model file not found: {path}")
+        apply_llama_cpp_workarounds()
         self.llm = Llama(
             model_path=str(path),
             n_ctx=n_ctx,
