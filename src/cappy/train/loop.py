@@ -414,19 +414,15 @@ class Trainer:
         gradient, so memory stays bounded by the micro-batch whatever the run length (dropout draws differ between
         the two passes, as between any two forward passes)."""
         real = {i: mb for i, mb in enumerate(micro) if mb is not None}
-        if not real:
-            return 0.0, {}
         with torch.no_grad():
-            parts = {i: self.model(**self._inputs(mb)).logits.reshape(-1).float() for i, mb in real.items()}
-        scores = torch.cat(list(parts.values())).detach().requires_grad_(True)
+            scores = torch.cat([self.model(**self._inputs(mb)).logits.reshape(-1).float() for mb in real.values()])
+        scores.requires_grad_(True)
         labels = torch.from_numpy(np.concatenate([mb.labels for mb in real.values()])).to(scores.device)
         term = _rank_term(scores, labels, [x for mb in real.values() for x in mb.instructions])
-        if term.requires_grad:
+        if term.requires_grad:  # else no run of two or more responses with a positive label: no gradient
             term.backward()
-            grads = scores.grad.split([len(mb) for mb in real.values()])
-        else:  # no run of two or more responses with a positive label
-            grads = tuple(torch.zeros_like(p) for p in parts.values())
-        return float(term.detach()), dict(zip(real, grads, strict=True))
+        grad = scores.grad if scores.grad is not None else torch.zeros_like(scores)
+        return float(term.detach()), dict(zip(real, grad.split([len(mb) for mb in real.values()]), strict=True))
 
     @property
     def _pad_to(self) -> int | None:
