@@ -58,12 +58,33 @@ def test_each_strategy_picks_what_it_promises():
     assert select("random", cands, seed=7, prompt="p") == select("random", cands, seed=7, prompt="p")
 
 
+def test_consensus_picks_the_candidate_that_agrees_most_with_the_others():
+    from cappy.boost import consensus_scores
+
+    # no log-probabilities, no scorer, no references: consensus needs none of them
+    texts = ["red", "blue apple", "red", "red apple", "green"]
+    cands = [Candidate(t, "sample", i, None, None, 1) for i, t in enumerate(texts)]
+    # "red" is the most frequent text, but "red apple" overlaps "red" twice (F 2/3 each) and "blue apple" (F 1/2):
+    # mean agreement 1.83 / 4 against 1.67 / 4 for either "red"; the mean, not the mode, decides
+    assert select("consensus:rouge_l", cands) == 3
+    scores = consensus_scores(texts)
+    assert scores[3] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3 + 0) / 4)
+    assert scores[0] == scores[2] == pytest.approx((0 + 1 + 2 / 3 + 0) / 4) and scores[4] == 0.0
+    assert consensus_scores(["a b", "a b", "c"]) == [0.5, 0.5, 0.0]
+    assert consensus_scores(["only"]) == [0.0]
+    assert select("consensus:rouge_l", cands[:1]) == 0
+    res = boost_candidates(["p"], [cands], None, ["consensus:rouge_l", "oracle:rouge_l"], [["green"]])
+    assert res[0].chosen == {"consensus:rouge_l": 3, "oracle:rouge_l": 4} and res[0].metric["consensus:rouge_l"] == 0.0
+
+
 def test_strategy_errors_are_clear():
     cands = _cands()
     with pytest.raises(ValueError, match="unknown strategy 'best'"):
         check_strategy("best")
     with pytest.raises(ValueError, match="unknown metric 'bleu'"):
         check_strategy("oracle:bleu")
+    with pytest.raises(ValueError, match="unknown metric 'bleu'"):
+        check_strategy("consensus:bleu")
     with pytest.raises(ValueError, match="no candidate from decoding 'greedy'; decodings here: \\['beam4'"):
         select("first:greedy", cands)
     with pytest.raises(ValueError, match="needs references"):

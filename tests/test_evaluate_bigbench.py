@@ -318,3 +318,11 @@ def test_paired_bootstrap_over_tasks_and_the_best_baseline():
     # random scores highest here but is no baseline of the LLM's own; greedy is the best one
     assert list(comps) == ["cappy - best_baseline"] and comps["cappy - best_baseline"]["against"] == "first:greedy"
     assert comps["cappy - best_baseline"]["diff"] == pytest.approx(0.25)
+    # a consensus column is compared on its own, and never becomes "the best baseline" even when it is the highest
+    per_prompt["t1"]["consensus:rouge_l"] = [1.0, 1.0, 0.0, 1.0]
+    methods["consensus:rouge_l"] = {"mean": 0.75}
+    comps = compare_to_best_baseline(per_prompt, methods)
+    assert list(comps) == ["cappy - best_baseline", "cappy - consensus"]
+    assert comps["cappy - best_baseline"]["against"] == "first:greedy"
+    assert comps["cappy - consensus"]["against"] == "consensus:rouge_l"
+    assert comps["cappy - consensus"]["diff"] == pytest.approx((0 - 0.5 + 0 + 0) / 4)

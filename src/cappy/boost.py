@@ -7,7 +7,10 @@ Every strategy selects from the same candidate set, so their results compare fai
 - ``self_score_sum`` / ``self_score_mean``: the highest LLM log-likelihood, summed or averaged per token;
 - ``random``: a seeded uniform choice (the seed and the prompt fix it, so reruns agree);
 - ``oracle:<metric>``: the candidate that scores best against the references (an upper bound), e.g.
-  ``oracle:rouge_l``.
+  ``oracle:rouge_l``;
+- ``consensus:<metric>``: the candidate with the highest mean metric against the other candidates (minimum Bayes
+  risk selection with uniform weights): no references, no scorer, no log-probabilities, so it is the baseline any
+  reranker of samples has to beat, e.g. ``consensus:rouge_l``.
 """
 
 from __future__ import annotations
@@ -75,18 +78,33 @@ def check_strategy(strategy: str) -> str:
     kind, _, arg = strategy.partition(":")
     if kind == "first" and arg:
         return strategy
-    if kind == "oracle" and arg:
+    if kind in ("oracle", "consensus") and arg:
         if arg not in METRICS:
             raise ValueError(f"unknown metric {arg!r} in {strategy!r}; known: {sorted(METRICS)}")
         return strategy
     raise ValueError(
         f"unknown strategy {strategy!r}; use cappy, first:<decoding>, self_score_sum, self_score_mean, random "
-        "or oracle:<metric>"
+        "oracle:<metric> or consensus:<metric>"
     )
 
 
 def _argmax_first(values: Sequence[float]) -> int:
     return int(np.argmax(np.asarray(values, dtype=np.float64)))
+
+
+def consensus_scores(texts: Sequence[str], metric: Any = rouge_l) -> list[float]:
+    """Each text's mean ``metric`` against every other text (0.0 for a lone text): the agreement that
+    ``consensus:<metric>`` maximises. Example: ``consensus_scores(["a b", "a b", "c"])`` -> ``[0.5, 0.5, 0.0]``
+    """
+    n = len(texts)
+    if n < 2:
+        return [0.0] * n
+    sims = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            # Rouge-L F is symmetric, so each pair is computed once
+            sims[i, j] = sims[j, i] = metric(texts[i], [texts[j]])
+    return (sims.sum(axis=1) / (n - 1)).tolist()
 
 
 def select(
@@ -123,9 +141,11 @@ def select(
             names = sorted({c.decoding for c in candidates})
             raise ValueError(f"strategy {strategy!r}: no candidate from decoding {arg!r}; decodings here: {names}")
         return min(matches, key=lambda i: candidates[i].sample_index)
+    metric = METRICS[arg]
+    if kind == "consensus":
+        return _argmax_first(consensus_scores([c.text for c in candidates], metric))
     if references is None:
         raise ValueError(f"strategy {strategy!r} needs references")
-    metric = METRICS[arg]
     return _argmax_first([metric(c.text, references) for c in candidates])
 
 

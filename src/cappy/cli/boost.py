@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--strategy",
         action="append",
         default=None,
-        help="cappy, first:<decoding>, self_score_sum, self_score_mean, random, oracle:rouge_l (repeatable; "
-        "default: cappy)",
+        help="cappy, first:<decoding>, self_score_sum, self_score_mean, random, oracle:rouge_l, consensus:rouge_l "
+        "(repeatable; default: cappy)",
     )
     p.add_argument("--prompt-field", default="prompt")
     p.add_argument("--id-field", default="id")

@@ -82,7 +82,7 @@ def strategies_for(candidates: Sequence[Sequence[Any]], with_cappy: bool) -> lis
     out = [f"first:{d}" for d in decodings]
     if all(c.logprob_sum is not None for cs in candidates for c in cs):
         out += ["self_score_sum", "self_score_mean"]
-    out += ["random", "oracle:rouge_l"]
+    out += ["random", "consensus:rouge_l", "oracle:rouge_l"]
     if with_cappy:
         out.insert(0, "cappy")
     return out
@@ -151,19 +151,25 @@ def compare_to_best_baseline(
     per_prompt: dict[str, dict[str, list[float]]], methods: dict[str, Any], seed: int = 0
 ) -> dict[str, dict[str, Any]]:
     """``cappy`` and ``cappy_adapted`` minus the baseline with the highest mean (every first:<decoding> and
-    self-score), paired over prompts on the tasks where both exist; {} when there is nothing to compare."""
+    self-score), paired over prompts on the tasks where both exist; then, where a ``consensus:<metric>`` column
+    exists, each minus it (``... - consensus``: kept apart from the best baseline, which stays the LLM's own ways
+    of choosing). {} when there is nothing to compare."""
     baselines = [m for m in methods if m.startswith(BASELINE_PREFIXES)]
-    if not baselines:
-        return {}
-    best = max(baselines, key=lambda m: methods[m]["mean"])
+    against = {}
+    if baselines:
+        against["best_baseline"] = max(baselines, key=lambda m: methods[m]["mean"])
+    consensus = [m for m in methods if m.startswith("consensus:")]
+    if consensus:
+        against["consensus"] = consensus[0]
     out = {}
-    for m in ("cappy", "cappy_adapted"):
-        tasks = [t for t, v in per_prompt.items() if m in v and best in v]
-        if m in methods and tasks:
-            boot = paired_bootstrap_tasks(
-                {t: per_prompt[t][m] for t in tasks}, {t: per_prompt[t][best] for t in tasks}, seed=seed
-            )
-            out[f"{m} - best_baseline"] = {"against": best, **boot}
+    for label, other in against.items():
+        for m in ("cappy", "cappy_adapted"):
+            tasks = [t for t, v in per_prompt.items() if m in v and other in v]
+            if m in methods and tasks:
+                boot = paired_bootstrap_tasks(
+                    {t: per_prompt[t][m] for t in tasks}, {t: per_prompt[t][other] for t in tasks}, seed=seed
+                )
+                out[f"{m} - {label}"] = {"against": other, **boot}
     return out
 
 
