@@ -53,9 +53,15 @@ def test_reports_scale_fractions_in_one_place():
             "cappy": {"mean": 0.236, "per_task": {"a": 0.236, "b": None}},
             "random": {"mean": 0.12, "per_task": {"a": 0.12}},
         },
-        "comparisons": {"cappy - random": {"diff": 0.116, "ci_low": -0.004, "ci_high": 0.25}},
+        "comparisons": {
+            "cappy - random": {"diff": 0.116, "ci_low": -0.004, "ci_high": 0.25},
+            "cappy - best_baseline": {"against": "first:greedy", "diff": 0.1, "ci_low": 0.0, "ci_high": 0.2},
+            "cappy - consensus": {"against": "consensus:rouge_l", "diff": -0.1, "ci_low": -0.2, "ci_high": 0.0},
+        },
     }
     text = markdown_report([run])
+    assert "- cappy - best_baseline (best LLM = first:greedy): +10.0 [+0.0, +20.0]" in text
+    assert "- cappy - consensus (consensus:rouge_l): -10.0 [-20.0, +0.0]" in text
     assert "| a | 23.6 | 12.0 |" in text and "| b | – | – |" in text
     assert "| **Mean** | **23.6** | **12.0** |" in text
     assert "- cappy - random: +11.6 [-0.4, +25.0]" in text

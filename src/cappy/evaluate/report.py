@@ -96,7 +96,10 @@ def markdown_report(runs: Sequence[dict[str, Any]], title: str = "cappy report")
         if comps:
             lines += ["Paired bootstrap (95% interval, x100):", ""]
             for name, c in comps.items():
-                against = f" (best LLM = {c['against']})" if "against" in c else ""
+                against = ""
+                if "against" in c:
+                    best = name.endswith(("best_baseline", "best_llm"))
+                    against = f" (best LLM = {c['against']})" if best else f" ({c['against']})"
                 diff, lo, hi = (x100(c[k]) for k in ("diff", "ci_low", "ci_high"))
                 lines.append(f"- {name}{against}: {diff:+.1f} [{lo:+.1f}, {hi:+.1f}]")
             lines.append("")
