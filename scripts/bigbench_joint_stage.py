@@ -51,11 +51,11 @@ def main() -> None:
     rows, counts = [], {}
     for path in [Path(t) for t in args.task] or default_tasks():
         # the seeded samples of --max-train and of 20 prompts (the task-selection cache's): the union, in order
-        train_ex: dict[str, object] = {}
+        by_prompt = {}
         for cap in (args.max_train, 20):
             name, sample, _ = task_prompts(path, BBConfig(max_examples=0, max_train=cap, seed=args.seed))
-            train_ex |= {ex.input: ex for ex in sample if ex.input not in train_ex}
-        train_ex = list(train_ex.values())
+            by_prompt |= {ex.input: ex for ex in sample if ex.input not in by_prompt}
+        train_ex = list(by_prompt.values())
         if args.hold_aside:
             train_ex = [ex for ex in train_ex if not held_aside(ex.input, args.held_fraction, args.seed)]
         # a prompt counts when one of the caches holds it; the rest of the task's sample has no candidates yet
@@ -64,7 +64,9 @@ def main() -> None:
             for src in sources:
                 try:
                     cands.append(src.get([ex.input])[0])
-                except (KeyError, ValueError):
+                except ValueError as err:
+                    if "no candidates" not in str(err):  # e.g. a prompt with candidates of several runs: not skipped
+                        raise
                     continue
                 exs.append(ex)
                 break

@@ -102,7 +102,7 @@ def consensus_scores(texts: Sequence[str], metric: Any = rouge_l) -> list[float]
     sims = np.zeros((n, n))
     for i in range(n):
         for j in range(i + 1, n):
-            # Rouge-L F is symmetric, so each pair is computed once
+            # Rouge-L F is symmetric (up to the last bit), so each pair is computed once
             sims[i, j] = sims[j, i] = metric(texts[i], [texts[j]])
     return (sims.sum(axis=1) / (n - 1)).tolist()
 

@@ -1,4 +1,4 @@
-"""Per held-aside train prompt of the 9 short kept tasks (the hash rule of scripts/bigbench_adapt_select.py):
+r"""Per held-aside train prompt of the 9 short kept tasks (the hash rule of scripts/bigbench_adapt_select.py):
 each cpu8_stop candidate's Rouge-L against the references, the pairwise Rouge-L between candidates, the LLM
 log-likelihoods, and the scores of the shipped cappy-mini (v1) and of each adapted run given as NAME=DIR
 (DIR/<task>/model, e.g. the session-10 seeds). Validation prompts are never read. Writes scores.jsonl here.
