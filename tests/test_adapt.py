@@ -106,6 +106,10 @@ def test_adapt_end_to_end_with_a_fake_generator_then_reuses_the_cache(tiny_model
     assert info.counts == {"pairs": 3 * 5 + 5 + 8, "gold": 5, "llm": 15, "mismatched": 8, "examples": 3}
     assert not info.reused
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "config.json").is_file()
+    # the training run's folder (a checkpoint and the optimizer state) is gone once the model is saved; its log stays
+    assert not (out / "run").exists()
+    logged = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["pairs"] >= 64  # the last update is always logged: the log covers the whole budget
     before = base.score([EXAMPLES[0]["instruction"]] * 2, ["Paris", "London"])
     after = tuned.score([EXAMPLES[0]["instruction"]] * 2, ["Paris", "London"])
     assert abs(after - before).max() > 1e-3  # 8 updates at lr 1e-3 move float32 scores far past rounding
@@ -118,8 +122,10 @@ def test_adapt_end_to_end_with_a_fake_generator_then_reuses_the_cache(tiny_model
         again.score([EXAMPLES[0]["instruction"]], ["Paris"]) == tuned.score([EXAMPLES[0]["instruction"]], ["Paris"])
     ).all()
     # another setting trains again
-    changed = adapt(base, EXAMPLES, candidates=str(cache), recipe="quick", output_dir=out, **{**FAST, "lr": 5e-4})
-    assert not changed.adaptation.reused
+    changed = adapt(
+        base, EXAMPLES, candidates=str(cache), recipe="quick", output_dir=out, keep_run=True, **{**FAST, "lr": 5e-4}
+    )
+    assert not changed.adaptation.reused and (out / "run" / "training_state").is_dir()
     # mismatched answers are other examples' references: example 1 (colours) can only get "4", since "Paris" is
     # among its own candidates; examples 0 and 2 get two each
     mm = adapt(base, EXAMPLES, candidates=str(cache), recipe="quick", output_dir=out, mismatched=2, **FAST)

@@ -226,6 +226,7 @@ def adapt(
     dtype: str = "auto",
     show_progress: bool = False,
     mismatched: int | None = None,
+    keep_run: bool = False,
     **overrides: Any,
 ) -> Any:
     """Adapt ``scorer`` (a Cappy, or a checkpoint name/path) to ``examples``; returns the adapted :class:`Cappy`.
@@ -237,7 +238,10 @@ def adapt(
     :class:`cappy.train.TrainConfig` setting (``seed`` is the training seed, ``gen_seed`` the samples'). The model
     is saved in ``output_dir/model`` with its pairs and settings; a second call with the same settings and data
     reuses it. ``mismatched``: other examples' references added per example as pairs labelled by the metric
-    (:func:`adaptation_pairs`); None takes the preset's ``adaptation: mismatched``. The returned scorer's
+    (:func:`adaptation_pairs`); None takes the preset's ``adaptation: mismatched``. The training run's folder
+    (``output_dir/run``: the weights twice more and the optimizer state, about four times the model's size) is
+    deleted once the model is saved, its log kept as ``output_dir/train_metrics.jsonl``; ``keep_run=True`` keeps
+    it. An interrupted run keeps it and resumes from it. The returned scorer's
     ``adaptation`` attribute is an :class:`AdaptResult` (folders, pair counts, whether it was reused).
     Example:
         >>> tuned = adapt("cappy-mini", [("Q: 2+2?\\nA:", "4")], candidates="gens.jsonl", output_dir="out/t")
@@ -302,6 +306,10 @@ def adapt(
         export_checkpoint(run / "best" if (run / "best" / "config.json").exists() else run, model_dir)
         with atomic_write(saved) as f:
             f.write(json.dumps(record, indent=2) + "\n")
+        if not keep_run:
+            if (run / "metrics.jsonl").is_file():
+                shutil.copyfile(run / "metrics.jsonl", out / "train_metrics.jsonl")
+            shutil.rmtree(run, ignore_errors=True)
     tuned = Cappy.from_pretrained(model_dir, device=device, dtype=dtype)
     tuned.adaptation = AdaptResult(model_dir, pairs, counts, reused)
     return tuned

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--references-field", default="references", help="a string or a list of strings per row")
     p.add_argument("--id-field", default="id")
     p.add_argument("--model", default="cappy-mini", help="the Cappy to adapt: checkpoint dir, embedded name or hub id")
-    p.add_argument("--out", required=True, help="output folder: model/ (the adapted scorer), pairs.jsonl, run/")
+    p.add_argument("--out", required=True, help="output folder: model/ (the adapted scorer), pairs, training log")
     p.add_argument("--gens", default=None, help="generation cache to read (and append to with --backend)")
     p.add_argument("--config", default=None, help="training preset or YAML (default: adapt_cpu on CPU)")
     p.add_argument("--scale", type=float, default=None, help="multiply the preset's num_pairs")
@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: the preset's adaptation: mismatched)",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training setting")
+    p.add_argument(
+        "--keep-run", action="store_true", help="keep the training run's folder (run/: checkpoint and optimizer state)"
+    )
     p.add_argument("--task-name", default="adapt", help="the task name recorded in the model's training data")
     p.add_argument("--scorer-dtype", default="auto", help=DTYPE_HELP)
     p.add_argument("--no-progress", action="store_true")
@@ -73,6 +76,7 @@ def run_adapt(args: argparse.Namespace) -> int:
             dtype=args.scorer_dtype,
             show_progress=not args.no_progress,
             mismatched=args.mismatched,
+            keep_run=args.keep_run,
             **overrides,
         )
     finally:
