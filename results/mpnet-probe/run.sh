@@ -25,3 +25,11 @@ held() {  # held OUT MODEL TASK...
 }
 held MPNET3 /tmp/mpnet/fresh repeat_copy_logic sufficient_information simp_turing_concept few_shot_nlg linguistics_puzzles
 held MPNETP1 $R/mpnetpre/P1 unnatural_in_context_learning matrixshapes physics_questions list_functions
+# (the runs above were split as MPNETP1-P4 after the disk filled; results/mpnet-probe/table.py merges them)
+# 4. the same at lr 3e-5, two tasks
+lr() { out=$1; shift; T=""; for t in "$@"; do T="$T --task $B/$t"; done
+  OMP_NUM_THREADS=1 python scripts/bigbench_adapt_select.py --gens results/gemma-270m/bigbench-adapt-train/gens.jsonl \
+    $T --setting "lr3e5:lr=3e-5" --model $R/mpnetpre/P1 --out $R/joint/$out; }
+lr MPNETLR1 unnatural_in_context_learning
+lr MPNETLR2 matrixshapes
+python results/mpnet-probe/table.py
