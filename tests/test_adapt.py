@@ -126,6 +126,7 @@ def test_adapt_end_to_end_with_a_fake_generator_then_reuses_the_cache(tiny_model
         base, EXAMPLES, candidates=str(cache), recipe="quick", output_dir=out, keep_run=True, **{**FAST, "lr": 5e-4}
     )
     assert not changed.adaptation.reused and (out / "run" / "training_state").is_dir()
+    assert not (out / "train_metrics.jsonl").exists()  # the first setting's log does not pass for this run's
     # mismatched answers are other examples' references: example 1 (colours) can only get "4", since "Paris" is
     # among its own candidates; examples 0 and 2 get two each
     mm = adapt(base, EXAMPLES, candidates=str(cache), recipe="quick", output_dir=out, mismatched=2, **FAST)

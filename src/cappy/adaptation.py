@@ -239,9 +239,9 @@ def adapt(
     is saved in ``output_dir/model`` with its pairs and settings; a second call with the same settings and data
     reuses it. ``mismatched``: other examples' references added per example as pairs labelled by the metric
     (:func:`adaptation_pairs`); None takes the preset's ``adaptation: mismatched``. The training run's folder
-    (``output_dir/run``: the weights twice more and the optimizer state, about four times the model's size) is
-    deleted once the model is saved, its log kept as ``output_dir/train_metrics.jsonl``; ``keep_run=True`` keeps
-    it. An interrupted run keeps it and resumes from it. The returned scorer's
+    (``output_dir/run``: two more copies of the weights and the optimizer state, about four times the model's
+    size) is deleted once the model is saved, its log kept as ``output_dir/train_metrics.jsonl``; ``keep_run=True``
+    keeps it. A call that trains starts a fresh run (an interrupted one is not resumed). The returned scorer's
     ``adaptation`` attribute is an :class:`AdaptResult` (folders, pair counts, whether it was reused).
     Example:
         >>> tuned = adapt("cappy-mini", [("Q: 2+2?\\nA:", "4")], candidates="gens.jsonl", output_dir="out/t")
@@ -301,6 +301,7 @@ def adapt(
         shutil.rmtree(out / "run", ignore_errors=True)  # other settings: do not resume that run
         shutil.rmtree(model_dir, ignore_errors=True)
         saved.unlink(missing_ok=True)
+        (out / "train_metrics.jsonl").unlink(missing_ok=True)  # an earlier setting's log
         train(cfg)
         run = out / "run"
         export_checkpoint(run / "best" if (run / "best" / "config.json").exists() else run, model_dir)
