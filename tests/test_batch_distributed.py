@@ -99,3 +99,23 @@ def test_one_process_run_is_unchanged_by_the_sharding_code(tiny_model_dir, tmp_p
     out = tmp_path / "out.jsonl"
     assert main(["score", "--model", str(tiny_model_dir("bert")), "--input", str(inp), "--output", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 20 and "20 rows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_command_leaves_the_process_group_before_exit(tiny_model_dir, tmp_path, monkeypatch, fails):
+    # A rank that exits with its gloo group still up could abort at interpreter exit (seen as a flaky SIGABRT of
+    # the torchrun test above); the CLI tears the group down after the command, whether it succeeded or failed.
+    import torch.distributed as dist
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in _rows(5)) + ("not json\n" if fails else ""))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        args = ["score", "--model", str(tiny_model_dir("bert")), "--input", str(inp), "--output", str(tmp_path / "o")]
+        assert main(args) == (2 if fails else 0)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

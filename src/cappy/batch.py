@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from itertools import islice
@@ -79,6 +80,23 @@ def process_device(device: str = "auto") -> str:
     if device != "auto" or process_group()[1] == 1:
         return device
     return str(_state().device)
+
+
+def end_process_group(ok: bool = True) -> None:
+    """Leave the process group of a multi-process run before the interpreter exits; a no-op in one process.
+
+    Without it a rank's gloo threads can still be torn down while a peer closes its side, and the process aborts
+    at exit ("terminate called without an active exception") after its work is done. ``ok=False`` (the command
+    failed) skips the barrier: a rank that failed must not wait for ranks that may be stuck elsewhere.
+    """
+    if "torch.distributed" not in sys.modules:  # nothing distributed ran (and no need to import torch for that)
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def _merge(parts: list[Any]) -> Any:

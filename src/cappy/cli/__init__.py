@@ -113,13 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command_line = "cappy " + shlex.join(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    ok = False
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        ok = code == 0
+        return code
     except (ValueError, TypeError, OSError, KeyError) as err:
         print(f"cappy {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        from cappy.batch import end_process_group
+
+        end_process_group(ok)
 
 
 if __name__ == "__main__":
