@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import random
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import yaml
 
 from cappy import Cappy, adapt
 from cappy.boost import boost_candidates
-from cappy.evaluate.bigbench import BBConfig, strategies_for, task_prompts
+from cappy.evaluate.bigbench import BBConfig, load_bigbench_task, strategies_for, task_prompts
 from cappy.generate import CandidateSource
 from cappy.io import atomic_write
 
@@ -50,6 +51,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="cappy-mini")
     ap.add_argument("--setting", action="append", required=True, help="NAME:key=value,key=value (adapt overrides)")
+    ap.add_argument(
+        "--extra-refs",
+        type=int,
+        default=0,
+        help="N more train examples of the task (outside the --max-train sample, never a held-aside prompt) added "
+        "to the fit set without candidates: their references (label 1) and mismatched answers only",
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
@@ -64,16 +72,25 @@ def main() -> None:
         if len(held) < 2 or len(fit) < 2:
             print(f"{name}: {len(train)} train prompts, too few to hold some aside; skipped", flush=True)
             continue
+        extra = []
+        if args.extra_refs:
+            taken = {ex.input for ex in train}
+            rest = [ex for ex in load_bigbench_task(path).split()[0] if ex.input not in taken]
+            rest = [ex for ex in rest if not held_aside(ex.input, args.held_fraction, args.seed)]
+            extra = random.Random(f"{args.seed}:{name}:extra").sample(rest, min(args.extra_refs, len(rest)))
         prompts = [ex.input for ex in held]
         cands = source.get(prompts)
         refs = [list(ex.references) for ex in held]
         strategies = strategies_for(cands, with_cappy=True)
         res = boost_candidates(prompts, cands, base, strategies, refs, seed=args.seed)
         row = {s: float(np.mean([r.metric[s] for r in res])) for s in strategies}
-        row["n_fit"], row["n_held"] = len(fit), len(held)
+        row["n_fit"], row["n_held"], row["n_extra"] = len(fit), len(held), len(extra)
         for sname, overrides in settings:
             start = time.perf_counter()
-            tuned = adapt(base, fit, candidates=source, output_dir=out / sname / name, task=name, **overrides)
+            fit_cands = source.get([ex.input for ex in fit]) + [[] for _ in extra]
+            tuned = adapt(
+                base, fit + extra, candidates=fit_cands, output_dir=out / sname / name, task=name, **overrides
+            )
             took = time.perf_counter() - start
             picked = boost_candidates(prompts, cands, tuned, ["cappy"], refs, seed=args.seed)
             row[f"adapted:{sname}"] = float(np.mean([r.metric["cappy"] for r in picked]))
