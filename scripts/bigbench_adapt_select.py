@@ -76,6 +76,8 @@ def main() -> None:
         if args.extra_refs:
             taken = {ex.input for ex in train}
             rest = [ex for ex in load_bigbench_task(path).split()[0] if ex.input not in taken]
+            # redundant with `taken` (every held-aside prompt is in the sample), but it fixes which examples the
+            # recorded runs drew (docs/RESULTS.md, issue 15 session 13), so it stays
             rest = [ex for ex in rest if not held_aside(ex.input, args.held_fraction, args.seed)]
             extra = random.Random(f"{args.seed}:{name}:extra").sample(rest, min(args.extra_refs, len(rest)))
         prompts = [ex.input for ex in held]
@@ -85,9 +87,9 @@ def main() -> None:
         res = boost_candidates(prompts, cands, base, strategies, refs, seed=args.seed)
         row = {s: float(np.mean([r.metric[s] for r in res])) for s in strategies}
         row["n_fit"], row["n_held"], row["n_extra"] = len(fit), len(held), len(extra)
+        fit_cands = source.get([ex.input for ex in fit]) + [[] for _ in extra]
         for sname, overrides in settings:
             start = time.perf_counter()
-            fit_cands = source.get([ex.input for ex in fit]) + [[] for _ in extra]
             tuned = adapt(
                 base, fit + extra, candidates=fit_cands, output_dir=out / sname / name, task=name, **overrides
             )
