@@ -80,6 +80,8 @@ def main() -> None:
             # recorded runs drew (docs/RESULTS.md, issue 15 session 13), so it stays
             rest = [ex for ex in rest if not held_aside(ex.input, args.held_fraction, args.seed)]
             extra = random.Random(f"{args.seed}:{name}:extra").sample(rest, min(args.extra_refs, len(rest)))
+            if len(extra) < args.extra_refs:
+                print(f"{name}: only {len(extra)} train examples outside the sample for --extra-refs", flush=True)
         prompts = [ex.input for ex in held]
         cands = source.get(prompts)
         refs = [list(ex.references) for ex in held]
