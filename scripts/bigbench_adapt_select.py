@@ -60,6 +60,8 @@ def main() -> None:
     )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.extra_refs < 0:
+        ap.error(f"--extra-refs must be >= 0, got {args.extra_refs}")
     out = Path(args.out)
     source = CandidateSource(args.recipe, cache=args.gens, seed=args.seed)
     base = Cappy.from_pretrained(args.model, device="cpu")
