@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import time
@@ -22,14 +21,10 @@ import yaml
 
 from cappy import Cappy, adapt
 from cappy.boost import boost_candidates
+from cappy.data.bigbench import held_aside
 from cappy.evaluate.bigbench import BBConfig, load_bigbench_task, strategies_for, task_prompts
 from cappy.generate import CandidateSource
 from cappy.io import atomic_write
-
-
-def held_aside(prompt: str, fraction: float, seed: int) -> bool:
-    digest = hashlib.sha1(f"{seed}\x00{prompt}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def parse_setting(spec: str) -> tuple[str, dict]:

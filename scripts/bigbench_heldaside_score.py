@@ -21,10 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from bigbench_adapt_select import held_aside
 
 from cappy import Cappy
 from cappy.boost import boost_candidates
+from cappy.data.bigbench import held_aside
 from cappy.evaluate.bigbench import BBConfig, strategies_for, task_prompts
 from cappy.generate import CandidateSource
 from cappy.generate.base import Candidate

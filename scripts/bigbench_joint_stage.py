@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from cappy.adaptation import adaptation_pairs, as_examples
+from cappy.data.bigbench import held_aside
 from cappy.evaluate.bigbench import BBConfig, default_tasks, task_prompts
 from cappy.generate import CandidateSource
 from cappy.io import atomic_write, dumps
@@ -27,7 +28,7 @@ from cappy.model import export_checkpoint
 from cappy.train import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bigbench_adapt_select import held_aside, parse_setting  # noqa: E402
+from bigbench_adapt_select import parse_setting  # noqa: E402
 
 
 def main() -> None:

@@ -94,3 +94,19 @@ def test_reader_interface_on_bigbench():
     assert set(rows[0]) == {"idx", "inputs", "targets", "multiple_choice_targets", "multiple_choice_scores", "subtask"}
     assert rows[0]["inputs"].startswith("\nQ: ") and rows[0]["inputs"].endswith("\nA: ")
     assert all(isinstance(t, str) for r in rows for t in r["targets"])
+
+
+def test_held_aside_is_a_function_of_the_prompt_and_holds_about_the_fraction():
+    from cappy.data.bigbench import held_aside
+
+    prompts = [f"Q: what is {i} plus {i}?\nA: " for i in range(4000)]
+    held = [p for p in prompts if held_aside(p)]
+    # 4000 fair draws at p=0.25: sd = sqrt(4000 * 0.25 * 0.75) ~ 27 prompts; 5 sd either side
+    assert abs(len(held) - 1000) < 140
+    assert held == [p for p in reversed(prompts) if held_aside(p)][::-1]  # order does not matter
+    assert [p for p in prompts if held_aside(p, seed=1)] != held  # the seed picks another set
+    assert not any(held_aside(p, 0.0) for p in prompts[:50]) and all(held_aside(p, 1.0) for p in prompts[:50])
+    # the rule the committed held-aside records were made with: sha1 of "seed\0prompt", first 8 bytes < fraction
+    assert held_aside("Input: 1972-08-24\nOutput: ", 0.25, 0) is True  # 0.0557 < 0.25
+    with pytest.raises(ValueError, match="fraction"):
+        held_aside("x", 1.5)

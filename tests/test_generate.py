@@ -168,6 +168,26 @@ def test_stop_cut_keeps_tokens_that_start_before_the_stop():
     assert stop_cut(["\n\n", "* CO2"], ["\n\n"], min_tokens=1) is None
 
 
+def test_stop_cut_finds_a_stop_string_that_starts_inside_the_minimum_and_ends_after_it():
+    pieces = ["Jupiter", "\n", "Question", ":", " What"]
+    # starts in token 2 of a 3-token minimum: cutting at its start would keep 1 token, so the cut is at its end
+    assert stop_cut(pieces, ["\n\n", "\nQ:", "\nQuestion:"], 3) == ("Jupiter\nQuestion:", 4)
+    # with a minimum of 1 the start keeps enough tokens
+    assert stop_cut(pieces, ["\nQuestion:"], 1) == ("Jupiter", 1)
+    # one that starts in the last token of the minimum keeps the minimum (that token is cut inside)
+    assert stop_cut(["A", "B", "C\n", "\nD"], ["\n\n"], 3) == ("ABC", 3)
+    # a stop string wholly inside the minimum does not cut; a later one still does
+    assert stop_cut(["1", "\n\n", "x", "y", "\n\n", "z"], ["\n\n"], 3) == ("1\n\nxy", 4)
+    # the earliest cut over all stop strings wins, whichever is listed first
+    assert stop_cut(["a", "b", "c", "\nQ:", "\n\n"], ["\n\n", "\nQ:"], 2) == ("abc", 3)
+    # overlapping repeats: the second occurrence may cut earlier than the first one's end
+    assert stop_cut(["a", "\n", "\n", "\n", "b"], ["\n\n"], 2) == ("a\n", 2)
+    # never shorter than the minimum, whatever the stop strings
+    for k in range(6):
+        cut = stop_cut(pieces, ["\n", "Q", ":", " W"], k)
+        assert cut is None or cut[1] >= min(k, len(pieces))
+
+
 # ---------------------------------------------------------------------- transformers backend
 
 

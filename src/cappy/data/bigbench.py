@@ -8,6 +8,7 @@ to the input (``choice_prefix``, in the order the task lists them) unless ``appe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -109,6 +110,22 @@ def split_examples(
     random.Random(seed).shuffle(unique)
     n_val = min(len(unique), max(int(validation_fraction * len(unique)), min_validation))
     return unique[: len(unique) - n_val], unique[len(unique) - n_val :]
+
+
+HELD_ASIDE_FRACTION = 0.25
+
+
+def held_aside(prompt: str, fraction: float = HELD_ASIDE_FRACTION, seed: int = 0) -> bool:
+    """Whether a train prompt is held aside: kept out of adaptation so that settings can be chosen on it, never on
+    the validation split. A function of the prompt text alone (sha1 of seed and prompt), so the choice does not
+    depend on which other prompts were read or in what order, and about ``fraction`` of a task's prompts are held.
+
+    Example: ``[ex for ex in train if not held_aside(ex.input)]`` -> the prompts to adapt on.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"held-aside fraction must be in [0, 1], got {fraction}")
+    digest = hashlib.sha1(f"{seed}\x00{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def load_bigbench_task(path: str | os.PathLike, include_task_prefix: bool = True) -> BigBenchTask:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from cappy.generate.base import (
+    DEFAULT_RECIPE,
     Candidate,
     Decoding,
     GenerationError,
@@ -33,6 +34,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "DEFAULT_RECIPE",
     "Candidate",
     "Decoding",
     "GenerationError",

@@ -7,6 +7,7 @@ one :class:`Candidate` per (decoding, sample). Named recipes (``paper17``, ``qui
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import math
@@ -21,6 +22,12 @@ logger = logging.getLogger(__name__)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 METHODS = ("greedy", "beam", "sample")
+# The one best-of-N recipe that boost, adapt, serve and the demo use unless told otherwise. cpu8_stop: 8 candidates
+# from five decodings, cut at stop strings so a base LM's candidates end where an answer ends. It is the recipe of
+# the committed BIG-Bench adaptation caches, so an adapted scorer picks among the kind of candidate it was trained
+# on, and it costs half of paper17's candidates and tokens on a CPU. Without stop strings a base LM runs on into
+# the next few-shot example and every selection strategy falls to a few Rouge-L points (docs/RESULTS.md).
+DEFAULT_RECIPE = "cpu8_stop"
 
 
 class GenerationError(RuntimeError):
@@ -211,28 +218,43 @@ class Candidate:
 
 
 def stop_cut(pieces: Sequence[str], stop: Sequence[str], min_tokens: int = 0) -> tuple[str, int] | None:
-    """Where the text made of ``pieces`` (one per token) first contains a stop string, if it does, looking only
-    after the first ``min_tokens`` pieces (the recipe's minimum length: a candidate that opens with a blank line is
-    not cut to nothing, and its later stop strings still end it).
+    """Where the candidate made of ``pieces`` (one text piece per token) ends at a stop string, if it does.
 
-    Returns ``(text before the stop, tokens kept)``: a token is kept if it starts before the stop string.
-    Example: ``stop_cut(["4", "\\nQ", ":"], ["\\n"])`` -> ``("4", 1)``
+    A stop string counts once it ends after the first ``min_tokens`` pieces (the recipe's minimum length: a
+    candidate that opens with a blank line is not cut to nothing). It cuts at its start when that keeps at least
+    ``min_tokens`` tokens, else at its end (the stop string began inside the minimum: the candidate keeps it rather
+    than run on). The earliest such cut wins.
+
+    Returns ``(text before the cut, tokens kept)``: a token is kept if it starts before the cut.
+    Example: ``stop_cut(["4", "\\nQ", ":"], ["\\n"])`` -> ``("4", 1)``;
+    ``stop_cut(["Jupiter", "\\n", "Question", ":", " What"], ["\\nQuestion:"], 3)`` -> ``("Jupiter\\nQuestion:", 4)``
     """
     if not stop:
         return None
     text = "".join(pieces)
-    start = len("".join(pieces[:min_tokens]))
-    hits = [i for i in (text.find(s, start) for s in stop) if i >= 0]
-    if not hits:
-        return None
-    cut = min(hits)
-    kept, pos = 0, 0
+    starts, pos = [], 0
     for piece in pieces:
-        if pos >= cut:
-            break
+        starts.append(pos)
         pos += len(piece)
-        kept += 1
-    return text[:cut], kept
+    min_end = starts[min_tokens] if min_tokens < len(starts) else len(text)
+
+    def kept(cut: int) -> int:
+        return bisect.bisect_left(starts, cut)
+
+    best: int | None = None
+    for s in stop:
+        if not s:
+            continue
+        # Occurrences that end inside the minimum are skipped. After the first one that ends past it, only an
+        # occurrence overlapping that one (a repeat such as "\n\n\n") can still cut earlier.
+        first = i = text.find(s, max(0, min_end - len(s) + 1))
+        while 0 <= i < first + len(s):
+            cut = i if kept(i) >= min_tokens else i + len(s)
+            best = cut if best is None else min(best, cut)
+            i = text.find(s, i + 1)
+    if best is None:
+        return None
+    return text[:best], kept(best)
 
 
 def prompt_id_of(prompt: str) -> str:

@@ -119,11 +119,7 @@ class HFGenerator(Generator):
             cur = self.tokenizer.decode(toks[: j + 1], skip_special_tokens=True)
             pieces.append(cur[len(prev) :])
             prev = cur
-        cut = stop_cut(pieces, recipe.stop, recipe.min_new_tokens)
-        # The stop string may not end a candidate before its minimum length (as with the stop token).
-        if cut is None or cut[1] < recipe.min_new_tokens:
-            return None
-        return cut
+        return stop_cut(pieces, recipe.stop, recipe.min_new_tokens)
 
     def _cut(self, toks: list[int]) -> list[int]:
         for j, t in enumerate(toks):

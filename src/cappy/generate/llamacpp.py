@@ -136,7 +136,7 @@ class _Sequence:
             text = self.raw.decode("utf-8", errors="ignore")
             self.pieces.append(text[len("".join(self.pieces)) :])
             cut = stop_cut(self.pieces, recipe.stop, recipe.min_new_tokens)
-            if cut is not None and cut[1] >= recipe.min_new_tokens:
+            if cut is not None:
                 self.toks, self.lps = self.toks[: cut[1]], self.lps[: cut[1]]
                 return self._finish(cut[0])
         if len(self.toks) == recipe.max_new_tokens:
