@@ -2,6 +2,10 @@
 cappy-mini on the rest with each candidate setting, and measure the Rouge-L of its picks on the held-aside prompts
 next to every baseline strategy on the same candidates. Validation prompts are never read.
 
+Reproduces the choice of the ``adapt_cpu`` preset (docs/RESULTS.md, BIG-Bench adaptation: 19.8 against the best
+baseline's 12.8 on the held-aside prompts of the nine short-prompt tasks) and every held-aside comparison of
+docs/EXPERIMENTS.md; ``--extra-refs`` wrote ``results/cappy-mini/bigbench-adapt/held-aside-settings/extra-refs/``.
+
 Example:
     python scripts/bigbench_adapt_select.py --gens results/gemma-270m/bigbench-adapt-train/gens.jsonl \\
         --task ../shared/data/bigbench/matrixshapes --setting base: --setting lr1e-4:lr=1e-4 \\
@@ -74,7 +78,7 @@ def main() -> None:
             taken = {ex.input for ex in train}
             rest = [ex for ex in load_bigbench_task(path).split()[0] if ex.input not in taken]
             # redundant with `taken` (every held-aside prompt is in the sample), but it fixes which examples the
-            # recorded runs drew (docs/RESULTS.md, issue 15 session 13), so it stays
+            # recorded --extra-refs runs drew (docs/EXPERIMENTS.md), so it stays
             rest = [ex for ex in rest if not held_aside(ex.input, args.held_fraction, args.seed)]
             extra = random.Random(f"{args.seed}:{name}:extra").sample(rest, min(args.extra_refs, len(rest)))
             if len(extra) < args.extra_refs:

@@ -7,6 +7,9 @@ The held-aside prompts are those of ``scripts/bigbench_adapt_select.py`` (same h
 (e.g. the same setting under other training seeds) each further run is scored alone (``run<i>``), and all of them
 together as a uniform weight average (``soup``) and as the mean of their scores (``ensemble``).
 
+Reproduces the held-aside comparisons of docs/EXPERIMENTS.md that need no training: WiSE-FT mixes of the adapted
+weights, the 17-candidate pool, soups and score ensembles of three training seeds.
+
 Example:
     python scripts/bigbench_heldaside_score.py --run ~/.cache/cappy/runs/sel8/B/mm8_4k_b32 \\
         --pool cpu8_stop=cpu8_stop@results/gemma-270m/bigbench-adapt-train/gens.jsonl --alpha 0.5 --alpha 1 \\

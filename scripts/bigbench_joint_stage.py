@@ -6,6 +6,8 @@ on a sample of ``--num-pairs`` of them with the ``adapt_cpu`` preset otherwise. 
 that ``bigbench_adapt_select.py`` holds aside, so the result can be measured there without a leak. Train splits
 only: validation prompts are never read.
 
+Reproduces the joint first stage of docs/EXPERIMENTS.md (no gain over per-task adaptation on held-aside prompts).
+
 Example:
     python scripts/bigbench_joint_stage.py --gens results/gemma-270m/bigbench-adapt-train/gens.jsonl \\
         --gens results/gemma-270m/bigbench-train-select/gens.jsonl --max-train 100 --hold-aside \\

@@ -5,9 +5,12 @@ they are, means over all tasks recomputed, the paired bootstrap against the best
 method NAME, with a paired bootstrap of cappy_adapted minus it; the runs must agree prompt by prompt on
 first:greedy (same prompts, same candidates), else it is an error.
 
+Reproduces the merged BIG-Bench adaptation runs of docs/RESULTS.md (``results/cappy-mini/bigbench-adapt/
+validation-12-tasks/``: adapted cappy-mini against the best baseline over 477 validation prompts of 12 tasks).
+
 Example:
     python scripts/bigbench_merge.py runs/eval/bb_a runs/eval/bb_b --out runs/eval/bb_all \\
-        --beside cappy_adapted_old=results/cappy-mini/bigbench-adapt/all12
+        --beside cappy_adapted_old=results/cappy-mini/bigbench-adapt/previous-preset-12-tasks
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 The prompts are the ones `cappy eval bigbench` samples (the official split, the same seeded sample per task), so a
 generation cache made from this file is read by the evaluation and by adaptation without generating again.
 
+Reproduces the prompt files of the committed caches (docs/RESULTS.md, BIG-Bench sections):
+``results/gemma-270m/bigbench-train-select/train_prompts.jsonl``, ``bigbench-adapt-train/train_prompts.jsonl`` and
+``bigbench-adapt-val/val_prompts.jsonl``.
+
 Example (about 20 train prompts of every task, for choosing tasks on train data only):
     python scripts/bigbench_prompts.py --split train --max-per-task 20 --seed 0 --out prompts.jsonl
 """

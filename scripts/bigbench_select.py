@@ -5,6 +5,8 @@ the greedy candidate and of the best candidate (the oracle) over the task's trai
 oracle exceeds greedy by at least ``--min-gap`` points; at most ``--max-tasks`` are kept, largest gap first.
 Prints a markdown table of every task, the kept ones marked.
 
+Reproduces the 12 adaptation tasks of docs/RESULTS.md (BIG-Bench adaptation: tasks chosen on train data only).
+
 Example:
     python scripts/bigbench_select.py --prompts prompts.jsonl --gens gens.jsonl --recipe cpu8_stop --seed 0
 """

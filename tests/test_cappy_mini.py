@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from cappy import Cappy
 from cappy.model import resolve_model_path
-from conftest import SHARED_DATA
+from conftest import REPO, SHARED_DATA
 from tolerances import FP16_SCORE_RTOL, assert_scores_close
 
 HELDOUT_FAMILIES = ("anli", "super_glue/cb", "super_glue/copa", "super_glue/rte", "hellaswag", "winogrande")
@@ -38,6 +38,11 @@ def test_embedded_in_the_package_small_half_precision_regression(mini_dir):
     assert (mini_dir / "README.md").read_text().startswith("---")
 
 
+def test_packaged_card_is_the_documented_one(mini_dir):
+    # `cappy export --card docs/cappy-mini.md` wrote the packaged README; an edit to one must reach the other
+    assert (mini_dir / "README.md").read_text() == (REPO / "docs" / "cappy-mini.md").read_text()
+
+
 def test_trained_without_any_held_out_task(mini_dir):
     record = json.loads((mini_dir / "training_data.json").read_text())
     tasks = [t.lower() for t in record["tasks"]]
@@ -57,15 +62,11 @@ def test_loads_offline_in_float32_and_matches_sentence_transformers(mini_dir):
     assert_scores_close(ours, theirs, rtol=FP16_SCORE_RTOL)
 
 
+DATA = Path(__file__).parent / "data"
+# 8 easy questions asked as they are (no "Question:" framing): {"question", "choices", "answer" (index)}
 EASY = [
-    ("Who wrote the play Romeo and Juliet?", ["Charles Dickens", "William Shakespeare", "Jane Austen"], 1),
-    ("How many legs does a spider have?", ["six", "eight", "ten", "four"], 1),
-    ("What is the capital of France?", ["Berlin", "Madrid", "Paris", "Rome"], 2),
-    ("Which planet is known as the Red Planet?", ["Mars", "Venus", "Jupiter"], 0),
-    ("What is the boiling point of water at sea level in Celsius?", ["50", "100", "0", "212"], 1),
-    ("What gas do plants absorb from the air for photosynthesis?", ["oxygen", "helium", "carbon dioxide"], 2),
-    ("Is the sun a star? Yes or no.", ["yes", "no"], 0),
-    ("Which animal is the largest mammal?", ["elephant", "blue whale", "giraffe", "mouse"], 1),
+    (r["question"], r["choices"], r["answer"])
+    for r in map(json.loads, (DATA / "easy_questions.jsonl").read_text().splitlines())
 ]
 
 
@@ -95,7 +96,7 @@ def test_bf16_autocast_keeps_the_ranking_on_real_pairs():
     assert spearman >= 0.999 and same >= 0.99, (spearman, same)
 
 
-OBVIOUS = Path(__file__).parent / "data" / "obvious_questions.jsonl"
+OBVIOUS = DATA / "obvious_questions.jsonl"
 
 
 @pytest.mark.xfail(
@@ -104,7 +105,7 @@ OBVIOUS = Path(__file__).parent / "data" / "obvious_questions.jsonl"
 def test_obvious_questions_bar():
     """20 obvious factual questions written for this project (none is in a training or held-out file), 4 short
     choices each, the right one in each position 5 times. The bar, 18 of 20, was fixed before any model trained
-    for it (issue 14) was seen; strict: when the shipped model passes, this marker must go."""
+    for it was seen; strict: when the shipped model passes, this marker must go."""
     rows = [json.loads(x) for x in OBVIOUS.read_text().splitlines()]
     assert len(rows) == 20
     scorer = Cappy.from_pretrained("cappy-mini", device="cpu")

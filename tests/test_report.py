@@ -14,7 +14,7 @@ from cappy.metrics import rouge_l
 from conftest import REPO
 from test_evaluate_bigbench import BB, write_cache
 
-RECORDED = sorted(p.parent for p in (REPO / "results").glob("*/*/results.json") if (p.parent / "report.md").is_file())
+RECORDED = sorted(p.parent for p in (REPO / "results").rglob("results.json") if (p.parent / "report.md").is_file())
 
 
 def test_recorded_runs_exist():
@@ -22,7 +22,7 @@ def test_recorded_runs_exist():
     assert suites == {"mc", "bigbench"}
 
 
-@pytest.mark.parametrize("run_dir", RECORDED, ids=lambda d: f"{d.parent.name}/{d.name}")
+@pytest.mark.parametrize("run_dir", RECORDED, ids=lambda d: d.relative_to(REPO / "results").as_posix())
 def test_recorded_results_render_as_recorded(run_dir):
     results = json.loads((run_dir / "results.json").read_text())
     title = f"cappy eval {results.get('suite', '')}".strip()  # what write_run titles report.md
