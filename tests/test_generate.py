@@ -493,3 +493,15 @@ def test_candidate_source_recipe_override_bypasses_the_cache(tmp_path):
     out = src.get(["x"], recipe="paper17")
     assert len(out[0]) == 17 and out[0][0].decoding == "greedy"  # paper17; beam4 x1 runs greedy here
     assert not (tmp_path / "g.jsonl").exists()
+
+
+def test_hf_stop_strings_cut_where_they_start_inside_the_minimum(tiny_generator):
+    gen = tiny_generator("causal")
+    toks = gen.tokenizer.encode("jupiter question : what is it", add_special_tokens=False)
+    pieces = [gen.tokenizer.decode(toks[: i + 1]) for i in range(len(toks))]
+    assert pieces[:3] == ["jupiter", "jupiter question", "jupiter question :"]  # WordPiece joins with spaces
+    stop = Recipe("s", (Decoding("greedy"),), min_new_tokens=2, max_new_tokens=8, stop=(" question :",))
+    # starts in token 1 of a 2-token minimum, ends after it: cut at its end, 3 tokens kept
+    assert gen._stop(toks, stop) == ("jupiter question :", 3)
+    loose = Recipe("s", (Decoding("greedy"),), min_new_tokens=1, max_new_tokens=8, stop=(" question :",))
+    assert gen._stop(toks, loose) == ("jupiter", 1)
