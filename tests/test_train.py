@@ -12,7 +12,8 @@ import torch
 
 from cappy import Cappy
 from cappy.cli.train import parse_overrides
-from cappy.train import TrainConfig, Trainer, TrainingError, lr_factor, pairwise_accuracy, resolve_base_model, train
+from cappy.model import resolve_model_path
+from cappy.train import TrainConfig, Trainer, TrainingError, lr_factor, pairwise_accuracy, train
 from cappy.train.loop import _rank_term
 from test_train_data import make_rows, write_jsonl, write_shards
 
@@ -83,7 +84,7 @@ def test_shipped_configs_load(tmp_path):
         TrainConfig.from_yaml("no_such_preset")
     mini = TrainConfig.from_yaml(REPO / "configs" / "pretrain_mini.yaml", {"train": "t", "output_dir": "o"})
     assert (
-        resolve_base_model(mini.model) and __import__("pathlib").Path(resolve_base_model(mini.model)) / "config.json"
+        resolve_model_path(mini.model) and __import__("pathlib").Path(resolve_model_path(mini.model)) / "config.json"
     ).exists()
 
 

@@ -757,9 +757,9 @@ class PairBuilder:
             if self._encoder is None:
                 from sentence_transformers import SentenceTransformer
 
-                from cappy.train.config import resolve_base_model
+                from cappy.model.checkpoint import resolve_model_path
 
-                self._encoder = SentenceTransformer(resolve_base_model(self.mix.embedding_model), device="cpu")
+                self._encoder = SentenceTransformer(resolve_model_path(self.mix.embedding_model), device="cpu")
             vecs = self._encoder.encode(
                 todo, batch_size=128, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
             )

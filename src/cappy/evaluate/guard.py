@@ -6,8 +6,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-#: Written next to a checkpoint by `cappy train`: {"tasks": [...], "inputs": [{"path", "sha256"}]}.
-TRAINING_DATA_FILE = "training_data.json"
+from cappy.model.record import RECORD_FILE  # written next to a checkpoint by `cappy train`
 
 
 class ContaminationError(ValueError):
@@ -22,7 +21,7 @@ def training_record(model_dir: str | Path | None) -> dict:
     """The training-data record of a local checkpoint ({} when it has none, e.g. a hub id)."""
     if model_dir is None:
         return {}
-    p = Path(model_dir) / TRAINING_DATA_FILE
+    p = Path(model_dir) / RECORD_FILE
     if not p.is_file():
         return {}
     try:

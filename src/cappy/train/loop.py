@@ -17,8 +17,10 @@ import torch
 
 from cappy.io import atomic_write, dumps
 from cappy.metrics import HARD_SOURCES, pairwise_accuracy
-from cappy.model import collate_pairs, cpu_has_native_bf16, encode_pairs, load_scorer_model
-from cappy.train.config import TrainConfig, resolve_base_model
+from cappy.model.checkpoint import load_scorer_model
+from cappy.model.encoding import collate_pairs, encode_pairs
+from cappy.model.precision import cpu_has_native_bf16
+from cappy.train.config import TrainConfig
 from cappy.train.data import Pairs, PairSource, Plan, read_column, read_dev
 from cappy.train.record import build_record, write_record
 
@@ -58,7 +60,7 @@ def resolve_mixed_precision(mixed_precision: str, cpu: bool) -> str:
 def _load_model(cfg: TrainConfig) -> tuple[Any, Any]:
     # float32 master weights whatever the checkpoint stores (cappy-mini ships float16, and transformers would
     # otherwise load it as such); mixed precision comes from autocast. A classifier's multi-output head is replaced.
-    return load_scorer_model(resolve_base_model(cfg.model), torch.float32, dropout=cfg.dropout, replace_head=True)
+    return load_scorer_model(cfg.model, torch.float32, dropout=cfg.dropout, replace_head=True)
 
 
 def _rank_term(scores: torch.Tensor, labels: torch.Tensor, instructions: list[str]) -> torch.Tensor:

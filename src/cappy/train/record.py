@@ -1,7 +1,7 @@
-"""What a checkpoint was trained on, written beside its weights as ``training_data.json``.
+"""The training-data record of a run: the tasks and input files it trained on, united with its base model's.
 
-The evaluation harness reads it to refuse evaluating a checkpoint on a task it was trained on. A checkpoint
-adapted from another inherits that one's record too.
+The record's file, reading and writing live in :mod:`cappy.model.record` (export, merge and the contamination guard
+use them too); this module only builds a record from a run's inputs.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cappy.io import atomic_write, sha256_file
+from cappy.io import sha256_file
+from cappy.model.checkpoint import resolve_model_path
+from cappy.model.record import RECORD_FILE, read_record, unite_records, write_record
 
-RECORD_FILE = "training_data.json"  # the name cappy.evaluate.guard reads
+__all__ = ["RECORD_FILE", "build_record", "unite_records", "write_record"]
 
 
 def _file_tasks(path: Path) -> set[str]:
@@ -55,37 +57,14 @@ def build_record(train_paths: list[str], base_model: str | None = None) -> dict[
         elif p.is_file():
             tasks |= _file_tasks(p)
             inputs.append({"path": str(p), "sha256": sha256_file(p)})
-    base_dir = None
-    if base_model:
-        from cappy.model import resolve_model_path
-
-        try:
-            base_dir = Path(resolve_model_path(base_model))
-        except (FileNotFoundError, ValueError):
-            base_dir = None
     own = {"tasks": sorted(tasks), "inputs": inputs}
-    if base_dir is not None and (base_dir / RECORD_FILE).is_file():
-        return unite_records([own, json.loads((base_dir / RECORD_FILE).read_text())])
-    return own
+    base = _base_record(base_model) if base_model else None
+    return unite_records([own, base]) if base is not None else own
 
 
-def unite_records(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """One record covering several: every task of any, every input file once (by path and checksum), in order.
-
-    Example: ``unite_records([{"tasks": ["sciq"], "inputs": []}, {"tasks": ["piqa"]}])["tasks"]`` -> ["piqa", "sciq"]
-    """
-    inputs: list[dict[str, Any]] = []
-    seen: set[tuple[Any, Any]] = set()
-    for r in records:
-        for i in r.get("inputs", []):
-            key = (i.get("path"), i.get("sha256")) if isinstance(i, dict) else None
-            if key is not None and key not in seen:
-                seen.add(key)
-                inputs.append(i)
-    return {"tasks": sorted({t for r in records for t in r.get("tasks", [])}), "inputs": inputs}
-
-
-def write_record(directory: str | Path, record: dict[str, Any]) -> None:
-    with atomic_write(Path(directory) / RECORD_FILE) as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
+def _base_record(base_model: str) -> dict[str, Any] | None:
+    try:
+        base_dir = resolve_model_path(base_model)
+    except (FileNotFoundError, ValueError):  # the training run itself reports a base model it cannot load
+        return None
+    return read_record(base_dir)
