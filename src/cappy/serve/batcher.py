@@ -4,11 +4,18 @@ The event loop never runs the model. Jobs wait in a bounded queue (counted in pa
 jobs that are queued, up to ``max_batch_pairs``, and hands them to a one-thread executor as one ``score`` call.
 If the model was idle when a job arrived, the task first waits up to ``max_wait_ms`` for company; jobs that piled
 up while the model was busy go at once. A job whose caller has gone away before its batch starts is dropped.
+
+Fairness: with ``max_slice_cost`` and ``pair_cost`` set, a job whose estimated cost is above ``max_slice_cost`` is
+split into slices of about that cost, scored one per call and taken in turn with other jobs (round robin: a job
+with slices left goes back in the queue behind the jobs that arrived while its slice was scored). While such a job
+is queued, every call is kept to about one slice, so a small request waits about one slice behind a large one
+instead of the large one's whole time. Without a large job, calls gather everything queued as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -24,6 +31,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # Scores, or (scores, token counts) for a batcher built with returns_lengths=True.
 ScoreFn = Callable[[list[str], list[str]], Sequence[float] | tuple[Sequence[float], Sequence[int]]]
+# One pair's estimated cost (e.g. an upper bound of its token count), computed on the event loop: keep it cheap.
+PairCost = Callable[[str, str], int]
 
 
 class Overloaded(RuntimeError):
@@ -34,15 +43,42 @@ class ShuttingDown(RuntimeError):
     """The batcher is closing and accepts no new work (HTTP 503)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     instructions: list[str]
     responses: list[str]
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    ends: list[int] | None = None  # slice boundaries (pair indices) of a split job; None: one slice, the whole job
+    cost: list[int] | None = None  # cumulative estimated cost: cost[k] of the first k pairs (when slicing is on)
+    taken: int = 0  # pairs handed to a scoring call so far
+    parts: list[tuple[np.ndarray, np.ndarray | None]] = field(default_factory=list)  # the scored slices, in order
 
     def __len__(self) -> int:
         return len(self.instructions)
+
+    @property
+    def left(self) -> int:
+        """Pairs not yet handed to a scoring call."""
+        return len(self) - self.taken
+
+    def next_slice(self) -> int:
+        """The end of the next slice."""
+        if self.ends is None:
+            return len(self)
+        return next(e for e in self.ends if e > self.taken)
+
+
+def _slice_ends(costs: Sequence[int], max_cost: int, max_pairs: int) -> list[int]:
+    """Boundaries of consecutive slices of at most ``max_cost`` (at least one pair) and ``max_pairs`` each."""
+    ends, cost, start = [], 0, 0
+    for i, c in enumerate(costs):
+        if i > start and (cost + c > max_cost or i - start >= max_pairs):
+            ends.append(i)
+            cost, start = 0, i
+        cost += c
+    ends.append(len(costs))
+    return ends
 
 
 class MicroBatcher:
@@ -57,6 +93,8 @@ class MicroBatcher:
 
     With ``returns_lengths=True`` the function returns ``(scores, token counts)`` (as ``Cappy.score(...,
     return_lengths=True)`` does) and :meth:`score_with_lengths` hands each caller its share of both.
+    With ``max_slice_cost`` and ``pair_cost`` (e.g. 2048 and an upper bound of a pair's tokens), large jobs are
+    scored in slices taken in turn with other jobs (see the module's docstring).
     """
 
     def __init__(
@@ -66,16 +104,23 @@ class MicroBatcher:
         max_wait_ms: float = 2.0,
         max_queue_pairs: int = 4096,
         returns_lengths: bool = False,
+        max_slice_cost: int | None = None,
+        pair_cost: PairCost | None = None,
     ) -> None:
         if max_batch_pairs < 1 or max_queue_pairs < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_pairs and max_queue_pairs must be positive and max_wait_ms >= 0")
+        if (max_slice_cost is None) != (pair_cost is None) or (max_slice_cost is not None and max_slice_cost < 1):
+            raise ValueError("slicing needs both a positive max_slice_cost and a pair_cost function")
         self.score_fn = score_fn
         self.returns_lengths = returns_lengths
         self.max_batch_pairs = max_batch_pairs
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue_pairs = max_queue_pairs
+        self.max_slice_cost = max_slice_cost
+        self.pair_cost = pair_cost
         self._jobs: deque[_Job] = deque()
         self._queued_pairs = 0
+        self._split_jobs = 0  # split jobs accepted and not finished: while any, calls are kept to about one slice
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -88,6 +133,7 @@ class MicroBatcher:
             "largest_batch": 0,
             "cancelled": 0,
             "rejected": 0,
+            "split_requests": 0,  # requests scored in slices (above max_slice_cost)
             "busy_s": 0.0,  # seconds the scoring thread spent in score calls
         }
 
@@ -118,7 +164,7 @@ class MicroBatcher:
         """Queue pairs and wait for their scores (float32, input order).
 
         Raises :class:`Overloaded` when the queue has no room and :class:`ShuttingDown` while closing.
-        Cancelling the awaiting task withdraws the job if its batch has not started.
+        Cancelling the awaiting task withdraws the job's pairs that no batch has started.
         """
         return (await self._submit(instructions, responses))[0]
 
@@ -149,6 +195,13 @@ class MicroBatcher:
                 f"the queue is full ({self._queued_pairs} pairs waiting, limit {self.max_queue_pairs}); retry later"
             )
         job = _Job(list(instructions), list(responses), asyncio.get_running_loop().create_future())
+        if self.pair_cost is not None and self.max_slice_cost is not None:
+            costs = [self.pair_cost(i, r) for i, r in zip(job.instructions, job.responses)]
+            job.cost = [0, *itertools.accumulate(costs)]
+            if n > 1 and job.cost[-1] > self.max_slice_cost:
+                job.ends = _slice_ends(costs, self.max_slice_cost, self.max_batch_pairs)
+                self._split_jobs += 1
+                self.stats["split_requests"] += 1
         self._jobs.append(job)
         self._queued_pairs += n
         self.stats["requests"] += 1
@@ -187,50 +240,91 @@ class MicroBatcher:
                         await asyncio.wait_for(self._wake.wait(), remaining)
                     except asyncio.TimeoutError:
                         break
-            batch = self._take_batch()
-            if not batch:
-                continue
-            instr = [s for job in batch for s in job.instructions]
-            resp = [s for job in batch for s in job.responses]
-            try:
-                scores, lengths = await loop.run_in_executor(self._executor, self._score, instr, resp)
-            except Exception as err:  # the model failed on this batch: every caller in it gets the error
-                logger.exception("scoring a batch of %d pairs failed", len(instr))
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-            else:
-                pos = 0
-                for job in batch:
-                    if not job.future.done():
-                        part = None if lengths is None else lengths[pos : pos + len(job)]
-                        job.future.set_result((scores[pos : pos + len(job)], part))
-                    pos += len(job)
-                self.stats["batches"] += 1
-                self.stats["pairs"] += len(instr)
-                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(instr))
-            finally:
-                self._queued_pairs -= len(instr)
+            batch, unfinished = self._take_batch()
+            if batch:
+                await self._run_batch(loop, batch)
+            # behind the jobs that arrived while the slice was scored: they wait about one slice, not the whole job
+            self._jobs.extend(job for job in unfinished if job.left)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[_Job, int, int]]) -> None:
+        instr = [s for job, a, b in batch for s in job.instructions[a:b]]
+        resp = [s for job, a, b in batch for s in job.responses[a:b]]
+        try:
+            scores, lengths = await loop.run_in_executor(self._executor, self._score, instr, resp)
+        except Exception as err:  # the model failed on this batch: every caller in it gets the error
+            logger.exception("scoring a batch of %d pairs failed", len(instr))
+            for job, _, _ in batch:
+                if not job.future.done():
+                    job.future.set_exception(err)
+        else:
+            pos = 0
+            for job, a, b in batch:
+                if not job.future.done():
+                    job.parts.append(
+                        (scores[pos : pos + b - a], None if lengths is None else lengths[pos : pos + b - a])
+                    )
+                    if b == len(job):
+                        job.future.set_result(self._joined(job.parts))
+                pos += b - a
+            self.stats["batches"] += 1
+            self.stats["pairs"] += len(instr)
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(instr))
+        finally:
+            self._queued_pairs -= len(instr)
+            for job, _, b in batch:
+                if job.left and job.future.done():  # a split job that failed, or whose caller left, mid-way
+                    self._withdraw(job, cancelled=job.future.cancelled())
+                elif job.ends is not None and b == len(job):
+                    self._split_jobs -= 1
+
+    @staticmethod
+    def _joined(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray | None]:
+        if len(parts) == 1:
+            return parts[0]
+        scores = np.concatenate([p[0] for p in parts])
+        return scores, (None if parts[0][1] is None else np.concatenate([p[1] for p in parts]))
 
     def _pending_live(self) -> int:
-        return sum(len(j) for j in self._jobs if not j.future.done())
+        return sum(j.left for j in self._jobs if not j.future.done())
 
-    def _take_batch(self) -> list[_Job]:
-        """Pop jobs from the front up to ``max_batch_pairs`` (always at least one live job)."""
-        batch: list[_Job] = []
-        size = 0
+    def _take_batch(self) -> tuple[list[tuple[_Job, int, int]], list[_Job]]:
+        """Pop work from the front: (job, start, end) slices up to ``max_batch_pairs`` (always at least one live
+        job), and the split jobs taken that have slices left (they go back in the queue after this batch).
+
+        While a split job is in the queue, the batch is also kept to ``max_slice_cost`` (estimated): the next
+        call then comes after about one slice, whoever waits for it."""
+        batch: list[tuple[_Job, int, int]] = []
+        unfinished: list[_Job] = []
+        size = cost = 0
+        fair = self._split_jobs > 0
         while self._jobs:
             job = self._jobs[0]
-            if job.future.done():  # cancelled by its caller before its batch started
+            if job.future.done():  # cancelled by its caller before (the rest of) its work started
                 self._jobs.popleft()
-                self._queued_pairs -= len(job)
-                self.stats["cancelled"] += 1
+                self._withdraw(job, cancelled=True)
                 continue
-            if batch and size + len(job) > self.max_batch_pairs:
+            end = job.next_slice()
+            n = end - job.taken
+            job_cost = job.cost[end] - job.cost[job.taken] if fair and job.cost is not None else 0
+            if batch and (size + n > self.max_batch_pairs or (fair and cost + job_cost > self.max_slice_cost)):
                 break
-            batch.append(self._jobs.popleft())
-            size += len(job)
-        return batch
+            self._jobs.popleft()
+            batch.append((job, job.taken, end))
+            job.taken = end
+            size += n
+            cost += job_cost
+            if job.left:
+                unfinished.append(job)
+        return batch, unfinished
+
+    def _withdraw(self, job: _Job, cancelled: bool) -> None:
+        """Forget the pairs of ``job`` that no batch has taken (its future is done)."""
+        self._queued_pairs -= job.left
+        if job.ends is not None:
+            self._split_jobs -= 1
+        job.taken = len(job)
+        if cancelled:
+            self.stats["cancelled"] += 1
 
     def _score(self, instructions: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         t0 = time.perf_counter()

@@ -6,7 +6,9 @@ import signal
 import sys
 from typing import Any
 
-from cappy.serve.app import ServeConfig, create_app, with_env_api_key
+from cappy.generate import DEFAULT_RECIPE
+from cappy.serve.app import create_app
+from cappy.serve.config import ServeConfig, with_env_api_key
 
 CPU_TOKEN_BUDGET = 2048  # small length-sorted batches waste less padding on a micro-batch of mixed lengths
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -30,7 +32,7 @@ def serve(
     num_threads: int | None = None,
     generator: Any = None,
     generator_name: str | None = None,
-    recipe: str = "quick",
+    recipe: str = DEFAULT_RECIPE,
     seed: int = 0,
     log_level: str = "info",
     graceful_timeout: float = 30.0,

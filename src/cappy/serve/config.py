@@ -1,0 +1,54 @@
+"""The service's limits and knobs (:class:`ServeConfig`) and the one reader of ``$CAPPY_API_KEY``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+API_KEY_ENV = "CAPPY_API_KEY"
+
+
+@dataclass
+class ServeConfig:
+    """Limits and knobs of the service.
+
+    Example: ``create_app(scorer, ServeConfig(max_items_per_request=64, api_key="s3cret"))``
+    """
+
+    max_items_per_request: int = 256  # pairs, texts, documents or candidates in one request (413 beyond)
+    max_batch_pairs: int = 256  # pairs gathered into one scoring call
+    max_wait_ms: float = 2.0  # how long an idle model waits for more requests to join a batch
+    max_queue_pairs: int = 8192  # pairs accepted and not yet scored (429 beyond)
+    max_body_bytes: int = 16 * 2**20  # request body size (413 beyond)
+    api_key: str | None = None  # when set, every endpoint but /health and / needs "Authorization: Bearer <key>"
+    model_name: str | None = None  # the name /info and /v1/rerank report (default: the scorer's path)
+    # Fair serving: a request estimated above this many tokens is scored in slices of about this many, taken in
+    # turn with other requests' work, so a small request waits about one slice behind a large one. None: the
+    # scorer's forward-batch token budget (one slice is then about one forward batch); 0: no slicing.
+    slice_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_items_per_request", "max_batch_pairs", "max_queue_pairs", "max_body_bytes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.max_queue_pairs < self.max_items_per_request:
+            raise ValueError(
+                f"max_queue_pairs ({self.max_queue_pairs}) must be at least max_items_per_request "
+                f"({self.max_items_per_request}), or a full request could never be accepted"
+            )
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key is empty; leave it unset to serve without a key")
+        if self.slice_tokens is not None and (not isinstance(self.slice_tokens, int) or self.slice_tokens < 0):
+            raise ValueError(f"slice_tokens must be None, 0 (off) or a positive int, got {self.slice_tokens!r}")
+
+
+def with_env_api_key(config: ServeConfig) -> ServeConfig:
+    """``config`` with ``api_key`` from $CAPPY_API_KEY when it has none (the one place that reads it).
+
+    Example: ``with_env_api_key(ServeConfig()).api_key`` -> the variable's value, or None
+    """
+    if config.api_key is None and os.environ.get(API_KEY_ENV):
+        return replace(config, api_key=os.environ[API_KEY_ENV])
+    return config
