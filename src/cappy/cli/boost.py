@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cappy.cli import DTYPE_HELP, add_generator_args, generator_factory
+from cappy.cli import (
+    DEFAULT_RECIPE,
+    DTYPE_HELP,
+    add_cache_args,
+    add_generator_args,
+    candidate_cache,
+    generator_factory,
+    quiet_libraries,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,13 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "boost",
         help="best-of-N: choose among LLM candidates with Cappy and baseline strategies",
         description=(
-            "Candidates come from a generation cache (--gens) or are generated first with --backend (appended to "
-            "--gens when given, so a killed run resumes). Every strategy selects from the same candidates."
+            "Candidates come from a generation cache (--gens) or are generated first with --backend (recipe "
+            f"{DEFAULT_RECIPE} unless --recipe) and appended to the cache, so a killed run resumes and a rerun "
+            "generates nothing. Without --gens the cache is the default one of the generator, recipe and seed (the "
+            "one `cappy adapt` writes, so adapt-then-boost picks among candidates of the kind it trained on); "
+            "--no-cache keeps none. Every strategy selects from the same candidates."
         ),
     )
     p.add_argument("--input", required=True, help="JSONL with a prompt per row, optionally references")
     p.add_argument("--output", required=True, help="JSONL with candidates, scores and each strategy's choice")
-    p.add_argument("--gens", default=None, help="generation cache to read (and to append to with --backend)")
+    add_cache_args(p)
     p.add_argument("--model", default="cappy-mini", help="the Cappy scorer: checkpoint dir, embedded name or hub id")
     p.add_argument("--scorer-device", default="auto")
     p.add_argument("--scorer-dtype", default="auto", help=DTYPE_HELP)
@@ -40,18 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_boost(args: argparse.Namespace) -> int:
-    from cappy.batch import boost_jsonl
+    from cappy.batch import boost_jsonl, check_input
     from cappy.boost import check_strategy
     from cappy.generate import CandidateSource, GenerationError
 
     strategies = [check_strategy(s) for s in (args.strategy or ["cappy"])]
-    if args.backend is None and args.gens is None:
-        raise ValueError("give --gens (a generation cache) or --backend (to generate candidates)")
+    cache = candidate_cache(args)
+    check_input(args.input, [(args.prompt_field, str)])  # a missing or empty input fails before any model loads
     # a cache alone is read whatever its recipe and seed (one run per prompt); generating needs a recipe
-    recipe = args.recipe or ("paper17" if args.backend else None)
+    recipe = args.recipe or (DEFAULT_RECIPE if args.backend else None)
     source = CandidateSource(
-        recipe, cache=args.gens, generator=generator_factory(args), seed=args.seed, show_progress=not args.no_progress
+        recipe, cache=cache, generator=generator_factory(args), seed=args.seed, show_progress=not args.no_progress
     )
+    quiet_libraries(args.verbose, llama=args.backend == "llamacpp")
     scorer = None
     if "cappy" in strategies:
         from cappy.model import Cappy

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cappy.cli import DTYPE_HELP, add_generator_args, generator_factory, parse_key_values
+from cappy.cli import (
+    DEFAULT_RECIPE,
+    DTYPE_HELP,
+    add_generator_args,
+    generator_factory,
+    parse_key_values,
+    quiet_libraries,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,6 +85,7 @@ def run_mc(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ValueError("--out DIR is required")
+    quiet_libraries(args.verbose, llama=args.llm.startswith("llamacpp"))
     run_mc(
         [MCTask.parse(s) for s in args.task] or None,
         [m.strip() for m in args.methods.split(",") if m.strip()],
@@ -105,9 +113,8 @@ def run_bigbench(args: argparse.Namespace) -> int:
 
     gens = args.gens or str(Path(args.out) / "generations.jsonl")
     factory = generator_factory(args)
-    source = CandidateSource(
-        args.recipe or "paper17", cache=gens, generator=factory, seed=args.seed, show_progress=not args.no_progress
-    )
+    recipe = args.recipe or DEFAULT_RECIPE
+    source = CandidateSource(recipe, cache=gens, generator=factory, seed=args.seed, show_progress=not args.no_progress)
     train_source = None
     if args.adapt_recipe is not None:
         if not args.adapt:
@@ -115,6 +122,7 @@ def run_bigbench(args: argparse.Namespace) -> int:
         train_source = CandidateSource(
             args.adapt_recipe, cache=gens, generator=factory, seed=args.seed, show_progress=not args.no_progress
         )
+    quiet_libraries(args.verbose, llama=args.backend == "llamacpp")
     run_bigbench(
         args.task or None,
         BBConfig(max_examples=args.max_examples or None, max_train=args.max_train or None, seed=args.seed),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cappy.cli import add_generator_args, generator_factory
+from cappy.cli import DEFAULT_RECIPE, add_generator_args, generator_factory, quiet_libraries
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,9 +28,10 @@ def run_generate(args: argparse.Namespace) -> int:
     from cappy.batch import read_prompts
     from cappy.generate import GenerationError, generate_to_cache, load_recipe
 
-    recipe = load_recipe(args.recipe or "paper17")
+    recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     # Read all prompts first: a bad line fails before any model is loaded.
     prompts = [(p, i) for _, p, i, _ in read_prompts(args.input, args.prompt_field, args.id_field)][: args.limit]
+    quiet_libraries(args.verbose, llama=args.backend == "llamacpp")
     generator = generator_factory(args)()
     try:
         stats = generate_to_cache(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cappy.cli import BACKENDS, DTYPE_HELP
+from cappy.cli import BACKENDS, DEFAULT_RECIPE, DTYPE_HELP, quiet_libraries
 
 DEFAULT_MODEL = "cappy-mini"
 
@@ -57,7 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gen-device", default="auto", help="hf: cpu, cuda or auto")
     g.add_argument("--gen-dtype", default=None, help="hf: float32, bfloat16 or float16")
     g.add_argument("--gen-threads", type=int, default=None, help="llamacpp: CPU threads")
-    g.add_argument("--recipe", default="quick", help="default recipe of /best-of-n (a shipped name or a YAML file)")
+    g.add_argument(
+        "--recipe",
+        default=DEFAULT_RECIPE,
+        help=f"default recipe of /best-of-n: a shipped name or a YAML file (default {DEFAULT_RECIPE}); a request's n "
+        "keeps its first n candidates, or adds samples",
+    )
     g.add_argument("--gen-seed", type=int, default=0, help="base seed of the samples")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run_serve)
@@ -75,6 +80,7 @@ def run_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         model_name=args.model_name or str(args.model),
     )
+    quiet_libraries(args.verbose or args.log_level == "debug", llama=args.generator == "llamacpp")
     generator = name = None
     if args.generator:
         from cappy.generate import load_generator, load_recipe

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cappy.generate.base import Candidate, Generator, Recipe, load_recipe, prompt_id_of
+from cappy.generate.base import DEFAULT_RECIPE, Candidate, Generator, Recipe, load_recipe, prompt_id_of
 
 BACKENDS = ("llamacpp", "hf", "openai")
 
@@ -86,7 +86,7 @@ class CandidateSource:
 
     def __init__(
         self,
-        recipe: Recipe | str | None = "paper17",
+        recipe: Recipe | str | None = DEFAULT_RECIPE,
         cache: str | os.PathLike | None = None,
         generator: Generator | Callable[[], Generator] | None = None,
         seed: int = 0,
