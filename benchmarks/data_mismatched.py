@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from cappy.data.pairs import _Reservoir
+from cappy.data.state import Reservoir
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pretrain"
 
@@ -50,7 +50,7 @@ def released_way(golds: list[str], k: int, seed: int) -> list[list[str]]:
 
 def reservoir_way(golds: list[str], k: int, seed: int, block: int = 1024) -> list[list[str]]:
     rng = random.Random(seed)
-    pool = _Reservoir(4096, rng)
+    pool = Reservoir(4096, rng)
     out = []
     for start in range(0, len(golds), block):
         chunk = golds[start : start + block]

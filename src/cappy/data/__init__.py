@@ -7,16 +7,10 @@ Example:
 """
 
 from cappy.data.bigbench import BigBenchExample, BigBenchTask, load_bigbench_task
-from cappy.data.pairs import (
-    DEFAULT_HELDOUT,
-    DatasetSpec,
-    HeldOutError,
-    Mixture,
-    build_pairs,
-    export_prompts,
-    iter_pairs,
-)
+from cappy.data.builder import build_pairs, export_prompts
+from cappy.data.mixture import DEFAULT_HELDOUT, DatasetSpec, HeldOutError, Mixture
 from cappy.data.readers import ReaderError, iter_examples, read_examples
+from cappy.data.shards import iter_pairs
 from cappy.data.templates import Prompt, Template, TemplateError, load_templates, select_templates, template_key
 
 __all__ = [
