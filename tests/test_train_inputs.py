@@ -1,4 +1,4 @@
-"""What training feeds the model: the scorer's pair encoding and collation (model.py), never a copy of them."""
+"""What training feeds the model: the scorer's pair encoding and collation (cappy.model.encoding), never a copy."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ class Trainer:
         from cappy.model import Cappy
 
         # The Cappy wrapper clamps max_length to the model's positions (and scores dev); training encodes and collates
-        # with the same model.py functions as scoring (_inputs).
+        # with the same cappy.model.encoding functions as scoring (_inputs).
         self.scorer = Cappy(
             model,
             self.tokenizer,
