@@ -87,6 +87,7 @@ def test_an_unreachable_hub_fails_at_once(hub_online):
 def test_the_probe_never_waits_past_its_timeout(monkeypatch):
     def hanging(*args, **kwargs):  # a name lookup or a connection that does not answer
         time.sleep(5)
+        raise OSError("timed out")
 
     monkeypatch.setattr(checkpoint, "_probe_memo", {})
     monkeypatch.setattr(checkpoint.socket, "create_connection", hanging)
