@@ -49,16 +49,10 @@ def cpu_model() -> str:
 
 
 def quiet_libraries() -> None:
-    """No weight-loading bars or info lines from transformers, and only llama.cpp's errors (the CLI's rule)."""
-    try:
-        from cappy.cli import quiet_libraries as cli_quiet
-    except ImportError:
-        import transformers.utils.logging as hf_logging
+    """No weight-loading bars or info lines from transformers (llama.cpp's generator keeps its own to errors)."""
+    from cappy.logs import quiet_libraries as quiet
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    else:
-        cli_quiet(verbose=False, llama=True)
+    quiet()
 
 
 def _step(msg: str) -> None:
@@ -227,12 +221,16 @@ def job_adaptation(scorer: Any, label: str, fresh: bool, overrides: dict[str, An
     print(f"  adapted - zero-shot: {d_zero.show(signed=True)}")
     print(f"  adapted - {best} (the best baseline here): {d_best.show(signed=True)}")
     timing = "reused" if info.reused else f"{took:.0f} s to adapt"
-    return (
+    greedy = strategies[1]
+    line = (
         f"adaptation ({name}, {len(held)} held-aside train prompts, {timing}{reduced}): adapted "
         f"{table['cappy adapted'].show()} vs zero-shot {table['cappy zero-shot'].show()}: "
         f"{d_zero.show(signed=True)}, {verdict(d_zero)}; vs the best baseline {best} {table[best].show()}: "
-        f"{d_best.show(signed=True)}, {verdict(d_best)}; oracle {table['oracle:rouge_l'].show()}"
+        f"{d_best.show(signed=True)}, {verdict(d_best)}"
     )
+    if best != greedy:
+        line += f"; {greedy} {table[greedy].show()}"
+    return line + f"; oracle {table['oracle:rouge_l'].show()} is the ceiling"
 
 
 # --------------------------------------------------------------------------- main
