@@ -14,6 +14,12 @@ clients take CPU from the server). The last line is ``errors=<n> p99_ms=<x> serv
     python benchmarks/serve_load.py                       # 32 clients, 30 s
     python benchmarks/serve_load.py --clients 8 --duration 10
     python benchmarks/serve_load.py --url http://127.0.0.1:8080 --model path/to/scorer  # an already running server
+
+``--fairness`` measures instead how long a one-pair /score waits while a large request runs: a single text of
+10 MB (under the 16 MB body limit), then 256 pairs of long texts, each with a probe sent once the server has
+accepted the large request. The last line is ``probe_ms_huge_text=<x> probe_ms_many_pairs=<y>``.
+
+    python benchmarks/serve_load.py --fairness --model cappy-mini
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -129,6 +136,40 @@ async def load(url: str, bodies: list[dict], clients: int, duration: float, warm
     }
 
 
+def fairness(url: str, headers: dict, max_length: int) -> dict[str, float]:
+    """Milliseconds a one-pair probe waits while a large /score runs, and the large one's own, per kind of request."""
+    rng = np.random.default_rng(0)
+    words = np.array("the cat sat on a mat and then it slept all day long while dogs barked outside".split())
+    huge = " ".join(rng.choice(words, 2_200_000))[: 10 * 2**20]
+    long_texts = [" ".join(rng.choice(words, 2 * max_length)) for _ in range(256)]  # each past max_length tokens
+    large_bodies = {
+        "huge_text": {"pairs": [{"instruction": "What did the cat do?", "response": huge}]},
+        "many_pairs": {"pairs": [{"instruction": "What did the cat do?", "response": t} for t in long_texts]},
+    }
+    probe = {"pairs": [{"instruction": "What is two plus two?", "response": "four"}]}
+    out: dict[str, float] = {}
+    with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
+        idle = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            client.post("/score", json=probe).raise_for_status()
+            idle.append(time.perf_counter() - t0)
+        out["probe_ms_idle"] = 1000 * float(np.median(idle))
+        for name, body in large_bodies.items():
+            accepted = client.get("/info").json()["stats"]["requests"] + 1
+            with ThreadPoolExecutor(1) as pool:
+                t_large = time.perf_counter()
+                large = pool.submit(client.post, "/score", json=body)
+                while client.get("/info").json()["stats"]["requests"] < accepted:
+                    time.sleep(0.005)  # the server has read and accepted the large request
+                t0 = time.perf_counter()
+                client.post("/score", json=probe).raise_for_status()
+                out[f"probe_ms_{name}"] = 1000 * (time.perf_counter() - t0)
+                large.result().raise_for_status()
+                out[f"large_ms_{name}"] = 1000 * (time.perf_counter() - t_large)
+    return out
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc), NaN elsewhere."""
     try:
@@ -161,6 +202,40 @@ def start_server(model_dir: Path, port: int, args: argparse.Namespace) -> subpro
         time.sleep(0.2)
 
 
+def run_fairness(args: argparse.Namespace) -> None:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    proc = None
+    with tempfile.TemporaryDirectory(prefix="cappy-serve-fair-") as tmp:
+        model = args.model
+        if model is None:
+            model = Path(tmp) / "minilm-scorer"
+            build_minilm_scorer(model, args.max_length, args.max_tokens_per_batch)
+        url = args.url
+        if url is None:
+            if args.server_threads is None:
+                import torch
+
+                args.server_threads = max(1, torch.get_num_threads() - 1)  # cappy serve's default
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            proc = start_server(model, port, args)
+            url = f"http://127.0.0.1:{port}"
+        try:
+            info = httpx.get(f"{url}/info", headers=headers, timeout=10).json()
+            print(f"model {info['model']}, max_input_length {info['max_input_length']}, {info['forward_batch']}")
+            res = fairness(url, headers, info["max_input_length"])
+        finally:
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+    print(f"one-pair probe when idle: {res['probe_ms_idle']:.0f} ms")
+    for name in ("huge_text", "many_pairs"):
+        large, probe = res[f"large_ms_{name}"], res[f"probe_ms_{name}"]
+        print(f"{name}: the large request {large:.0f} ms, the one-pair probe sent meanwhile {probe:.0f} ms")
+    print(f"probe_ms_huge_text={res['probe_ms_huge_text']:.0f} probe_ms_many_pairs={res['probe_ms_many_pairs']:.0f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=32)
@@ -180,9 +255,17 @@ def main() -> None:
         "--server-threads", type=int, default=None, help="the server's torch threads (default: cappy serve's)"
     )
     p.add_argument("--url", default=None, help="benchmark this running server instead of starting one")
-    p.add_argument("--model", default=None, help="with --url: the served checkpoint, for the offline baseline")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="with --url: the served checkpoint, for the offline baseline; --fairness: the one to serve",
+    )
     p.add_argument("--api-key", default=os.environ.get("CAPPY_API_KEY"))
+    p.add_argument("--fairness", action="store_true", help="measure a small request's wait behind a large one")
     args = p.parse_args()
+    if args.fairness:
+        run_fairness(args)
+        return
 
     import torch
 
