@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -74,6 +75,37 @@ def apply_llama_cpp_workarounds() -> bool:
             "llama.cpp: AMX backend active; weights stay in plain CPU buffers (%s=1 to override)", EXTRA_BUFTS_ENV
         )
     return False
+
+
+_LLAMA_LOG_CALLBACK: Any = None  # kept referenced: llama.cpp holds only a C pointer to it
+
+
+def llama_log_errors_only() -> None:
+    """Route llama.cpp's own log to stderr only for errors. llama-cpp-python's callback reads ggml's log levels from
+    an older enum (a warning, 3, counts as an error there), so ``verbose=False`` alone still prints lines such as
+    ``llama_kv_cache_iswa: using full-size SWA cache`` on every context it makes. Process-wide, set once.
+
+    Example: ``llama_log_errors_only()`` before ``llama_cpp.Llama(..., verbose=False)``
+    """
+    global _LLAMA_LOG_CALLBACK
+    if _LLAMA_LOG_CALLBACK is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    error, cont = 4, 5  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the previous line)
+    last = [0]
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        if level != cont:
+            last[0] = level
+        if last[0] == error:
+            print(text.decode("utf-8", "replace"), end="", file=sys.stderr, flush=True)
+
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    _LLAMA_LOG_CALLBACK = callback
 
 
 @lru_cache(maxsize=1)
@@ -204,6 +236,8 @@ class LlamaCppGenerator(Generator):
         if not path.is_file():
             raise FileNotFoundError(f"GGUF model file not found: {path}")
         apply_llama_cpp_workarounds()
+        if not verbose:
+            llama_log_errors_only()
         self.llm = Llama(
             model_path=str(path),
             n_ctx=n_ctx,
