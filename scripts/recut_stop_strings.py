@@ -78,7 +78,9 @@ class Replayer:
         return out
 
 
-def recut(path: Path, write: bool, n_threads: int | None) -> dict:
+def recut(
+    path: Path, write: bool, n_threads: int | None, replay_logprobs: bool = True, out: Path | None = None
+) -> dict:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     recipes = {name: load_recipe(name) for name in {r["recipe"] for r in rows}}
     counts: Counter = Counter(rows=len(rows))
@@ -101,14 +103,14 @@ def recut(path: Path, write: bool, n_threads: int | None) -> dict:
         counts[f"decoding:{row['decoding']}"] += 1
         if len(examples) < 5:
             examples.append({"before": row["text"], "after": text})
-        if write:
+        if write and replay_logprobs:
             lps = replay(row["prompt"], recipe, toks[:kept])
             row["logprob_sum"] = math.fsum(lps)
             row["logprob_mean"] = row["logprob_sum"] / kept if kept else 0.0
         row["text"], row["num_tokens"] = text, kept
     gen.close()
-    if write and counts["held_a_stop_string"]:
-        with atomic_write(path) as f:
+    if write and (counts["held_a_stop_string"] or out is not None):
+        with atomic_write(out or path) as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return {"cache": str(path), **counts, "examples": examples}
 
@@ -118,9 +120,21 @@ def main() -> None:
     ap.add_argument("caches", nargs="+", type=Path, help="generation cache JSONL files (cappy generate's format)")
     ap.add_argument("--write", action="store_true", help="rewrite each cache in place (default: only count)")
     ap.add_argument("--n-threads", type=int, default=None)
+    ap.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="cut texts and token counts only, leaving the log-probabilities of re-cut candidates as they were "
+        "(stale): fast, for a copy whose readers never use them (e.g. adaptation's train candidates)",
+    )
+    ap.add_argument("--out", type=Path, default=None, help="with one cache: write the re-cut cache here, not in place")
     ap.add_argument("--report", type=Path, default=None, help="also write the counts as JSON here")
     args = ap.parse_args()
-    reports = [recut(p, args.write, args.n_threads) for p in args.caches]
+    if args.out is not None and len(args.caches) != 1:
+        ap.error("--out takes exactly one cache")
+    if args.no_replay and args.out is None:
+        ap.error("--no-replay leaves stale log-probabilities: write the result elsewhere with --out")
+    write = args.write or args.out is not None
+    reports = [recut(p, write, args.n_threads, not args.no_replay, args.out) for p in args.caches]
     for r in reports:
         print(json.dumps({k: v for k, v in r.items() if k != "examples"}))
     if args.report:
