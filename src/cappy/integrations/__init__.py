@@ -7,4 +7,7 @@ Example:
     >>> reward = reward_function("cappy-mini", device="cpu")
     >>> reward(prompts=["What is 2+2?"], completions=["4"])
     [0.87]
+
+``cappy.integrations.lm_eval``: :class:`~cappy.integrations.lm_eval.CappyLM`, lm-evaluation-harness's
+``--model cappy``: multiple-choice tasks scored by Cappy (needs ``pip install 'cappy[lm-eval]'``).
 """

@@ -31,8 +31,7 @@ Example:
     >>> import lm_eval
     >>> import cappy.integrations.lm_eval  # registers "cappy"
     >>> out = lm_eval.simple_evaluate(model="cappy", model_args="pretrained=cappy-mini", tasks=["arc_easy"])
-    >>> out["results"]["arc_easy"]["acc,none"]
-    0.61
+    >>> out["results"]["arc_easy"]["acc,none"]  # the share of questions whose best-scored choice is the gold one
 """
 
 from __future__ import annotations
