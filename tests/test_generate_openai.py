@@ -395,3 +395,53 @@ def test_real_llama_cpp_server(llama_server, endpoint):
     # with other llama.cpp kernels that round differently; the chat template leaves a near-tie at Gemma's first
     # token there ("" vs "Paris." were seen, with the code before and after batched sampling alike).
     gen.close()
+
+
+# ---------------------------------------------------------------------- chat with the packaged Gemma 3 GGUF
+
+
+def test_gemma3_chat_template_renders_gemma_turns():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from llama_cpp import llama_chat_format as fmt
+
+    from cappy.generate.llama_server import GEMMA3_TEMPLATE
+
+    f = fmt.Jinja2ChatFormatter(GEMMA3_TEMPLATE, eos_token="<end_of_turn>", bos_token="<bos>")
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
+    ]
+    assert f(messages=messages).prompt == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+        "<start_of_turn>user\nCapital of France?<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert f(messages=[{"role": "user", "content": "Hi"}]).prompt.startswith("<bos><start_of_turn>user\nHi<end")
+
+
+def test_server_args_add_the_gemma3_chat_format_only_where_needed():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from cappy.generate.llama_server import server_args
+    from cappy.generate.llamacpp import gemma_gguf_path
+
+    gguf = str(gemma_gguf_path())
+    # the packaged GGUF has no tokenizer.chat_template: llama-cpp-python would fall back to llama-2's format
+    assert server_args(["--model", gguf, "--port", "1"]) == ["--model", gguf, "--port", "1", "--chat_format", "gemma3"]
+    assert server_args([f"--model={gguf}"])[-2:] == ["--chat_format", "gemma3"]
+    assert server_args(["--model", gguf, "--chat_format", "chatml"]) == ["--model", gguf, "--chat_format", "chatml"]
+
+
+@pytest.mark.slow  # shares the real server above
+def test_real_llama_cpp_server_chat_answers_with_text(llama_server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=llama_server, api_key="none", max_retries=0, timeout=120)
+    out = client.chat.completions.create(
+        model="gemma",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=8,
+        temperature=0,
+    )
+    # with llama-cpp-python's fallback format every chat answer was empty (0 completion tokens, finish "stop")
+    assert out.usage.completion_tokens >= 1 and out.choices[0].message.content.strip()
