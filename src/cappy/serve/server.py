@@ -6,7 +6,11 @@ import signal
 import sys
 from typing import Any
 
+import torch
+import uvicorn
+
 from cappy.generate import DEFAULT_RECIPE
+from cappy.model import Cappy, resolve_device
 from cappy.serve.app import create_app
 from cappy.serve.config import ServeConfig, with_env_api_key
 
@@ -41,11 +45,6 @@ def serve(
     a core to the HTTP side, and forward batches a budget of :data:`CPU_TOKEN_BUDGET` tokens, unless given.
     Example: ``serve("cappy-mini", ServeConfig(api_key="s3cret"), port=8080)``
     """
-    import torch
-    import uvicorn
-
-    from cappy.model import Cappy, resolve_device
-
     config = with_env_api_key(config)
     if host not in LOCAL_HOSTS and config.api_key is None:
         print(
