@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cappy import Cappy
-from cappy.cli.train import parse_overrides
+from cappy.config import parse_set
 from cappy.model import resolve_model_path
 from cappy.train import TrainConfig, Trainer, TrainingError, lr_factor, pairwise_accuracy, train
 from cappy.train.loop import _rank_term
@@ -62,14 +62,13 @@ def test_config_yaml_overrides_and_errors(tmp_path):
         TrainConfig.from_dict({"train": ["x"], "output_dir": "o"})
     with pytest.raises(ValueError, match="mixed_precision"):
         TrainConfig.from_yaml(path, {"mixed_precision": "fp8"})
-    assert parse_overrides(["--lr", "1e-4", "--train=[a.jsonl, b/]", "--progress", "false", "--num-pairs", "64"]) == {
-        "lr": 1e-4,
-        "train": ["a.jsonl", "b/"],
-        "progress": False,
-        "num_pairs": 64,
-    }
-    with pytest.raises(ValueError, match="--lr needs a value"):
-        parse_overrides(["--lr"])
+    # --set values are YAML; "1e-4" (a string to YAML 1.1) becomes a number because lr is one
+    over = parse_set(["lr=1e-4", "train=[a.jsonl, b/]", "progress=false", "num-pairs=64"])
+    assert over == {"lr": "1e-4", "train": ["a.jsonl", "b/"], "progress": False, "num_pairs": 64}
+    cfg = TrainConfig.from_yaml(path, over)
+    assert (cfg.lr, cfg.train, cfg.progress, cfg.num_pairs) == (1e-4, ["a.jsonl", "b/"], False, 64)
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_set(["lr"])
 
 
 def test_shipped_configs_load(tmp_path):
@@ -297,11 +296,11 @@ def test_pretrain_mini_config_on_real_pairs(tmp_path):
 
 
 def test_cli_override_bare_no_means_no_mixed_precision():
-    from cappy.cli.train import parse_overrides
-    from cappy.train.config import TrainConfig
-
-    over = parse_overrides(["--mixed-precision", "no", "--model", "m", "--train", "x.jsonl", "--output-dir", "o"])
-    assert TrainConfig.from_dict(over).mixed_precision == "no"
+    # YAML 1.1 reads a bare `no` as false; the setting's choices take the word back
+    over = parse_set(["mixed_precision=no", "model=m", "train=x.jsonl", "output_dir=o"])
+    assert over["mixed_precision"] is False and TrainConfig.from_dict(over).mixed_precision == "no"
+    with pytest.raises(ValueError, match="progress must be true or false"):
+        TrainConfig.from_dict({**over, "progress": "maybe"})
 
 
 def test_checkpoint_records_training_tasks_and_guard_refuses(tiny_model_dir, tmp_path):

@@ -6,10 +6,11 @@ Example:
     ...       "output_dir": "out/task"}))
 """
 
-from cappy.metrics import pairwise_accuracy
-from cappy.train.config import TrainConfig
-from cappy.train.data import PairSource, Plan
-from cappy.train.loop import Trainer, TrainingError, lr_factor, train
+from __future__ import annotations
+
+from typing import Any
+
+from cappy.train.config import TrainConfig  # light (no torch): the command line reads its fields to build options
 
 __all__ = [
     "PairSource",
@@ -21,3 +22,22 @@ __all__ = [
     "pairwise_accuracy",
     "train",
 ]
+
+# The rest needs torch: imported on first use, so that `cappy --help` and reading a config stay fast.
+_WHERE = {
+    "PairSource": "cappy.train.data",
+    "Plan": "cappy.train.data",
+    "Trainer": "cappy.train.loop",
+    "TrainingError": "cappy.train.loop",
+    "lr_factor": "cappy.train.loop",
+    "train": "cappy.train.loop",
+    "pairwise_accuracy": "cappy.metrics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'cappy.train' has no attribute {name!r}")

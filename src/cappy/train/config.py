@@ -1,22 +1,20 @@
-"""`TrainConfig`: every knob of a training run, read from YAML with ``--key value`` overrides."""
+"""`TrainConfig`: every knob of a training run, read from YAML with ``--set key=value`` overrides (cappy.config)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
+from cappy.config import ConfigError, JobConfig, read_yaml_mapping, setting
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JobConfig):
     """One training run: pretraining a scorer from an encoder, or adapting a Cappy checkpoint to a task.
 
     Example:
@@ -25,13 +23,21 @@ class TrainConfig:
         (8, 16)
     """
 
-    model: str = ""
+    job: ClassVar[str] = "cappy train"
+
+    model: str = setting(
+        "",
+        "encoder (a new regression head is added) or Cappy checkpoint: any name resolve_model_path takes",
+        flags=("--model",),
+    )
     """Encoder checkpoint (a new one-output regression head is added) or an existing Cappy checkpoint; any name
     :func:`cappy.model.resolve_model_path` takes."""
-    train: list[str] = field(default_factory=list)
+    train: list[str] = setting(
+        [], "pair data: `cappy data build` folders, .parquet or .jsonl files (one or more)", flags=("--train",)
+    )
     """Pair data: `cappy data build` output folders (manifest.json + shards), .parquet or .jsonl files."""
-    output_dir: str = ""
-    dev: str | None = None
+    output_dir: str = setting("", "output folder: the checkpoint, best/, metrics.jsonl", flags=("--output-dir",))
+    dev: str | None = setting(None, "dev pairs for MSE and ranking accuracy during training", flags=("--dev",))
     """Dev pairs (same schema) for MSE and pairwise ranking accuracy during training."""
 
     max_length: int = 512
@@ -75,7 +81,7 @@ class TrainConfig:
     pad_to_max_length: bool = False
     """Pad every batch to max_length (the released code's way; only for comparisons)."""
 
-    mixed_precision: str = "auto"
+    mixed_precision: str = setting("auto", choices=("no", "bf16", "fp16", "auto"))
     """no, bf16, fp16, or auto: bf16 autocast on CPUs with native bf16 (AVX512-BF16, AMX) and on GPUs that support
     it, else fp32 (detected at run time: machines differ)."""
     device: str = "auto"
@@ -104,69 +110,53 @@ class TrainConfig:
         return math.ceil(per_update / self.per_device_batch_size), self.per_device_batch_size
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad setting."""
+        """Raise ConfigError (a ValueError) naming the first bad setting."""
         if not self.model:
-            raise ValueError("config: 'model' is required (an encoder or Cappy checkpoint)")
+            raise ConfigError("config: 'model' is required (an encoder or Cappy checkpoint)")
         if not self.train:
-            raise ValueError("config: 'train' is required (pair files or `cappy data build` folders)")
+            raise ConfigError("config: 'train' is required (pair files or `cappy data build` folders)")
         if not self.output_dir:
-            raise ValueError("config: 'output_dir' is required")
+            raise ConfigError("config: 'output_dir' is required")
         positive = ("max_length", "batch_size", "per_device_batch_size", "shuffle_window_rows", "jsonl_block_rows")
         for name in positive + ("epochs", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"config: lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"config: lr must be a positive number, got {self.lr}")
         if not 0 <= self.warmup_ratio <= 1:
-            raise ValueError(f"config: warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+            raise ConfigError(f"config: warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         if self.num_pairs is not None and self.num_pairs < 1:
-            raise ValueError(f"config: num_pairs must be >= 1, got {self.num_pairs}")
+            raise ConfigError(f"config: num_pairs must be >= 1, got {self.num_pairs}")
         if self.instruction_truncation not in (None, "right", "left"):
-            raise ValueError(
+            raise ConfigError(
                 f"config: instruction_truncation must be right, left or null, got {self.instruction_truncation!r}"
             )
         if self.rank_loss_weight < 0:
-            raise ValueError(f"config: rank_loss_weight must be >= 0, got {self.rank_loss_weight}")
+            raise ConfigError(f"config: rank_loss_weight must be >= 0, got {self.rank_loss_weight}")
         if self.rank_scope not in ("micro_batch", "batch"):
-            raise ValueError(f"config: rank_scope must be micro_batch or batch, got {self.rank_scope!r}")
+            raise ConfigError(f"config: rank_scope must be micro_batch or batch, got {self.rank_scope!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):
-            raise ValueError(f"config: mixed_precision must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
+            raise ConfigError(f"config: mixed_precision must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
         if self.metric_for_best not in ("dev_mse", "dev_pairwise_accuracy", "dev_hard_pairwise_accuracy"):
-            raise ValueError(
+            raise ConfigError(
                 "config: metric_for_best must be dev_mse, dev_pairwise_accuracy or dev_hard_pairwise_accuracy, "
                 f"got {self.metric_for_best!r}"
             )
         if self.save_every < 0 or self.eval_every < 0:
-            raise ValueError("config: save_every and eval_every must be >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+            raise ConfigError("config: save_every and eval_every must be >= 0")
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        """Read a YAML mapping of TrainConfig fields (a file, or a shipped preset by name), then apply ``overrides``.
+    def from_yaml(
+        cls, path: str | os.PathLike, overrides: dict[str, Any] | None = None, source: str = "overrides"
+    ) -> TrainConfig:
+        """Read a YAML mapping of TrainConfig fields (a file, or a shipped preset by name), then apply ``overrides``
+        (names and types checked by :mod:`cappy.config`; an unknown name is an error listing the close ones).
 
         Example: ``TrainConfig.from_yaml("adapt_paper", {"model": "cappy-mini", "train": ["p/"]})``
         """
-        data = _read_yaml(path)
-        data.pop(ADAPTATION_SECTION, None)  # pair-building settings of cappy.adapt (read by adaptation_settings)
-        return cls.from_dict({**data, **(overrides or {})}, source=str(path))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a mapping, coercing YAML scalars to the field types; unknown keys are an error."""
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            name = key.replace("-", "_")
-            if name not in names:
-                raise ValueError(f"{source}: unknown setting {key!r}; known settings: {', '.join(sorted(names))}")
-            kwargs[name] = _coerce(name, value, hints[name], source)
-        cfg = cls(**kwargs)
-        cfg.validate()
-        return cfg
+        data = yaml_settings(path)
+        return cls.from_dict(data, source=str(path), validate=False).with_overrides(overrides or {}, source)
 
 
 def available_presets() -> list[str]:
@@ -180,13 +170,14 @@ ADAPTATION_KEYS = {"mismatched": 0}
 
 
 def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    p = preset_path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a training config is a YAML mapping of settings, got {type(data).__name__}")
+    return read_yaml_mapping(preset_path(path), "training config")
+
+
+def yaml_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """The TrainConfig settings of a YAML file or shipped preset, as written (its ``adaptation:`` section, which
+    :func:`adaptation_settings` reads, left out). Example: ``yaml_settings("adapt_cpu")["lr"]`` -> 1e-4"""
+    data = _read_yaml(path)
+    data.pop(ADAPTATION_SECTION, None)
     return data
 
 
@@ -217,45 +208,3 @@ def preset_path(name_or_path: str | os.PathLike) -> Path:
     if shipped.is_file():
         return shipped
     raise FileNotFoundError(f"config file not found: {name_or_path} (shipped presets: {available_presets()})")
-
-
-def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
-    if typing.get_origin(hint) is list:
-        args: tuple[Any, ...] = (hint,)
-    else:
-        args = typing.get_args(hint)
-    optional = type(None) in args
-    if value is None:
-        if optional:
-            return None
-        raise ValueError(f"{source}: {name} may not be null")
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if typing.get_origin(base) is list or base is list:
-        items = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, str | os.PathLike) for v in items):
-            raise ValueError(f"{source}: {name} must be a path or a list of paths, got {value!r}")
-        return [str(v) for v in items]
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{source}: {name} must be true or false, got {value!r}")
-    if base is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
-            raise ValueError(f"{source}: {name} must be an integer, got {value!r}")
-        return int(value)
-    if base is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"{source}: {name} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{source}: {name} must be a number, got {value!r}")
-        return float(value)
-    if base is str:
-        if value is False and name == "mixed_precision":
-            return "no"  # YAML 1.1 reads a bare `no` as false
-        if isinstance(value, str | os.PathLike | int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"{source}: {name} must be a string, got {value!r}")
-    return value
