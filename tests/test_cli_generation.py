@@ -63,16 +63,18 @@ def _rows(path):
 
 
 def test_every_command_defaults_to_the_one_recipe(tiny_lm_dir, cache_dir, tmp_path):
-    """boost and generate generate DEFAULT_RECIPE's candidates when --recipe is not given; serve, best_of_n and adapt
-    name it as their default."""
+    """boost and generate generate DEFAULT_RECIPE's candidates when --recipe is not given; serve, best_of_n, adapt and
+    eval bigbench name it as their default."""
     import inspect
 
     from cappy import adaptation, boost
+    from cappy.evaluate import BigBenchEvalConfig
 
     assert DEFAULT_RECIPE == "cpu8_stop" and load_recipe(DEFAULT_RECIPE).stop  # a recipe with stop strings
     assert build_parser().parse_args(["serve"]).recipe == DEFAULT_RECIPE
     assert inspect.signature(boost.best_of_n).parameters["recipe"].default == DEFAULT_RECIPE
-    assert inspect.signature(adaptation.adapt).parameters["recipe"].default == DEFAULT_RECIPE
+    assert adaptation.AdaptConfig().recipe == DEFAULT_RECIPE  # adapt's settings, its Python API included
+    assert BigBenchEvalConfig().recipe == DEFAULT_RECIPE
     inp = tmp_path / "p.jsonl"
     inp.write_text(json.dumps({"prompt": "Hi"}) + "\n")  # 32 new tokens fit the tiny LM's 40 positions
     gen = ["--backend", "hf", "--gen-model", str(tiny_lm_dir), "--device", "cpu"]

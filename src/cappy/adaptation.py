@@ -8,21 +8,27 @@ the paper's MSE schedule). Example:
     >>> examples = [{"instruction": "Q: 2+2?\\nA:", "references": ["4"]}, ...]
     >>> tuned = adapt("cappy-mini", examples, generator="llamacpp", candidates="gens.jsonl", output_dir="out/my-task")
     >>> tuned.score(["Q: 3+3?\\nA:"], ["6"])
+
+Every setting of a run is an :class:`AdaptConfig` (also `cappy adapt`'s ``--config`` YAML and ``--set``):
+    >>> adapt(config=AdaptConfig(model="cappy-mini", examples="task.jsonl", generator="llamacpp", output_dir="o"))
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from cappy.generate.base import DEFAULT_RECIPE, Candidate, Generator, Recipe
-from cappy.generate.source import CandidateSource, load_generator
+from cappy.config import ConfigError, JobConfig, setting
+from cappy.generate.base import DEFAULT_RECIPE, Candidate, Generator
+from cappy.generate.source import BACKENDS, CandidateSource, load_generator
+from cappy.train.config import TrainConfig, adaptation_settings  # settings only: no torch
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +65,95 @@ class AdaptResult:
     pairs_file: Path
     counts: dict[str, int] = field(default_factory=dict)
     reused: bool = False
+
+
+@dataclass
+class AdaptConfig(JobConfig):
+    """Every setting of one adaptation (:func:`adapt`, `cappy adapt`): its Python API, its YAML file and its
+    command line. ``training`` holds :class:`cappy.train.TrainConfig` settings on top of the preset; an override
+    may name them alone (``lr=1e-4`` is ``training.lr=1e-4``; ``seed`` is the training seed, ``gen_seed`` the
+    samples'). Fields that hold a name in YAML also take objects in Python (a :class:`Generator`, a
+    :class:`CandidateSource`, a :class:`Recipe`, a metric function).
+
+    Example:
+        >>> cfg = AdaptConfig(examples="task.jsonl", generator="llamacpp", output_dir="my-scorer", mismatched=2)
+        >>> cfg.with_overrides({"lr": 1e-4}).training
+        {'lr': 0.0001}
+        >>> cfg.to_yaml("adapt.yaml")  # `cappy adapt --config adapt.yaml` runs it
+    """
+
+    job: ClassVar[str] = "cappy adapt"
+
+    model: str = setting(
+        "cappy-mini", "the Cappy to adapt: checkpoint dir, shipped name or hub id", flags=("--model",)
+    )
+    examples: str | None = setting(
+        None,
+        "training examples: JSONL, CSV, Parquet, a BIG-Bench task, ... (one instruction with its gold "
+        "answer(s) per row)",
+        flags=("--train",),
+    )
+    split: str | None = setting(
+        None, "split of a BIG-Bench task or save_to_disk folder (e.g. train)", flags=("--split",)
+    )
+    instruction_field: str = setting("instruction", "the examples' instruction field", flags=("--instruction-field",))
+    references_field: str = setting(
+        "references",
+        "the examples' references field: a string or a list of strings per row",
+        flags=("--references-field",),
+    )
+    id_field: str = setting("id", "the examples' id field", flags=("--id-field",))
+    output_dir: str = setting("", "output folder: model/ (the adapted scorer), pairs, training log", flags=("--out",))
+    candidates: Any = setting(None, "generation cache (JSONL) to read, and to append to when generating")
+    generator: Any = setting(None, "backend that generates missing candidates: llamacpp, hf or openai")
+    gen_model: str | None = setting(None, "the generator's model (GGUF path, model dir or hub id, served name)")
+    generator_options: dict[str, Any] = setting({}, "options of the generator (cappy.generate.load_generator)")
+    recipe: Any = setting(DEFAULT_RECIPE, "recipe of the candidates: a shipped name or a YAML file")
+    gen_seed: int = setting(0, "base seed of every sample and of the mismatched answers' draw")
+    metric: Any = setting("rouge_l", "how a candidate is labelled against the references")
+    preset: str | None = setting(
+        None,
+        "training preset or YAML file of TrainConfig settings (default: adapt_cpu on CPU, adapt_paper on GPU)",
+        flags=("--preset",),
+    )
+    scale: float | None = setting(None, "multiply the preset's num_pairs", flags=("--scale",))
+    mismatched: int | None = setting(
+        None,
+        "per example, this many other examples' references as extra pairs labelled against its own "
+        "(default: the preset's adaptation: mismatched)",
+        flags=("--mismatched",),
+    )
+    training: dict[str, Any] = setting(
+        {},
+        "TrainConfig settings on top of the preset",
+        section=TrainConfig,
+        exclude={
+            "model": "set by adapt (the scorer it adapts: use model=...)",
+            "train": "set by adapt (the pairs it builds: the examples are examples=...)",
+            "output_dir": "set by adapt (output_dir/run: use output_dir=...)",
+        },
+    )
+    task: str = setting("adapt", "the task name recorded in the model's training data", flags=("--task-name",))
+    device: str = setting("auto", "where the scorer trains and loads: cpu, cuda or auto")
+    dtype: str = setting(
+        "auto", "precision of the returned scorer (cappy.model.resolve_precision)", flags=("--scorer-dtype",)
+    )
+    show_progress: bool = setting(
+        False, "progress bars (the command line shows them unless --no-progress)", flags=("--no-progress",)
+    )
+    keep_run: bool = setting(
+        False, "keep the training run's folder (run/: checkpoint and optimizer state)", flags=("--keep-run",)
+    )
+
+    def validate(self) -> None:
+        if not self.output_dir:
+            raise ConfigError("output_dir is required (where the adapted model goes; --out on the command line)")
+        if self.scale is not None and not self.scale > 0:
+            raise ConfigError(f"scale must be > 0, got {self.scale}")
+        if self.mismatched is not None and self.mismatched < 0:
+            raise ConfigError(f"mismatched must be a whole number >= 0, got {self.mismatched}")
+        if isinstance(self.generator, str) and self.generator not in BACKENDS:
+            raise ConfigError(f"generator must be one of {', '.join(BACKENDS)}, got {self.generator!r}")
 
 
 def as_examples(examples: Sequence[Any]) -> list[AdaptExample]:
@@ -194,66 +289,82 @@ def default_preset(device: str | None = "auto") -> str:
     return "adapt_cpu" if resolve_device(device).type == "cpu" else "adapt_paper"
 
 
-def _candidate_source(
-    candidates: Any, generator: Any, recipe: Recipe | str | None, seed: int, show_progress: bool
-) -> CandidateSource | list[list[Candidate]]:
+def generator_factory(generator: Any, model: str | None = None, options: dict[str, Any] | None = None) -> Any:
+    """A zero-argument builder of the generator a config names (a backend name with its model and options), so a
+    model loads only when candidates are missing; a :class:`Generator` or a factory as it is; None for None."""
+    if isinstance(generator, str):
+        if generator not in BACKENDS:
+            raise ValueError(f"unknown generation backend {generator!r}; choose from {list(BACKENDS)}")
+        return lambda: load_generator(generator, model, **(options or {}))
+    if generator is not None and not (isinstance(generator, Generator) or callable(generator)):
+        raise TypeError(f"generator must be a backend name, a Generator or a factory, got {type(generator).__name__}")
+    return generator
+
+
+def _candidate_source(cfg: AdaptConfig) -> CandidateSource | list[list[Candidate]]:
+    candidates = cfg.candidates
     if isinstance(candidates, CandidateSource):
         return candidates
     if isinstance(candidates, list | tuple):
         return list(candidates)
-    gen = load_generator(generator) if isinstance(generator, str) else generator
-    if gen is not None and not (isinstance(gen, Generator) or callable(gen)):
-        raise TypeError(f"generator must be a backend name, a Generator or a factory, got {type(gen).__name__}")
+    gen = generator_factory(cfg.generator, cfg.gen_model, cfg.generator_options)
     if candidates is None and gen is None:
         raise ValueError("adaptation needs candidates: a generation cache, a CandidateSource or a generator")
-    return CandidateSource(recipe, cache=candidates, generator=gen, seed=seed, show_progress=show_progress)
+    return CandidateSource(
+        cfg.recipe, cache=candidates, generator=gen, seed=cfg.gen_seed, show_progress=cfg.show_progress
+    )
 
 
-def adapt(
-    scorer: Any,
-    examples: Sequence[Any],
-    *,
-    output_dir: str | Path,
-    candidates: Any = None,
-    generator: Generator | str | Callable[[], Generator] | None = None,
-    recipe: Recipe | str | None = DEFAULT_RECIPE,
-    metric: str | Metric = "rouge_l",
-    config: str | Path | None = None,
-    gen_seed: int = 0,
-    scale: float | None = None,
-    task: str = "adapt",
-    device: str = "auto",
-    dtype: str = "auto",
-    show_progress: bool = False,
-    mismatched: int | None = None,
-    keep_run: bool = False,
-    **overrides: Any,
-) -> Any:
-    """Adapt ``scorer`` (a Cappy, or a checkpoint name/path) to ``examples``; returns the adapted :class:`Cappy`.
+def adapt(scorer: Any = None, examples: Sequence[Any] | None = None, config: Any = None, **settings: Any) -> Any:
+    """Adapt ``scorer`` (a Cappy, or a checkpoint name/path; default ``config.model``) to ``examples`` (default: read
+    from ``config.examples``); returns the adapted :class:`Cappy`. ``config`` is an :class:`AdaptConfig` (or, as
+    before, a training preset's name or file); ``settings`` are :class:`AdaptConfig` fields or
+    :class:`cappy.train.TrainConfig` settings, applied on top of it.
 
     ``candidates``: a generation-cache path (missing prompts are generated with ``generator`` and appended), a
-    :class:`CandidateSource`, or one candidate list per example. ``generator``: a backend name ("llamacpp", ...), a
-    :class:`Generator` or a factory; ``recipe``: what it generates (default :data:`cappy.generate.DEFAULT_RECIPE`, the
-    recipe of the candidates ``best_of_n`` picks among by default). ``config``: a training preset name or YAML file
-    (default: ``adapt_cpu`` on CPU, ``adapt_paper`` on GPU); ``scale`` multiplies its ``num_pairs``; ``overrides``
-    replace any other :class:`cappy.train.TrainConfig` setting (``seed`` is the training seed, ``gen_seed`` the
-    samples'). The model is saved in ``output_dir/model`` with its pairs and settings; a second call with the same
-    settings and data reuses it. ``mismatched``: other examples' references added per example as pairs labelled by the
-    metric (:func:`adaptation_pairs`); None takes the preset's ``adaptation: mismatched``. The training run's folder
-    (``output_dir/run``: two more copies of the weights and the optimizer state, about four times the model's size) is
-    deleted once the model is saved, its log kept as ``output_dir/train_metrics.jsonl``; ``keep_run=True`` keeps it. A
-    call that trains starts a fresh run (an interrupted one is not resumed). The returned scorer's ``adaptation``
-    attribute is an :class:`AdaptResult` (folders, pair counts, whether it was reused).
+    :class:`CandidateSource`, or one candidate list per example. ``generator``: a backend name ("llamacpp", ...; with
+    ``gen_model`` and ``generator_options``), a :class:`Generator` or a factory; ``recipe``: what it generates (default
+    :data:`cappy.generate.DEFAULT_RECIPE`, the recipe of the candidates ``best_of_n`` picks among by default).
+    ``preset``: a training preset name or YAML file (default: ``adapt_cpu`` on CPU, ``adapt_paper`` on GPU); ``scale``
+    multiplies its ``num_pairs``; TrainConfig settings (``lr=1e-4``, or ``training={...}``) replace the preset's
+    (``seed`` is the training seed, ``gen_seed`` the samples'). The model is saved in ``output_dir/model`` with its
+    pairs and settings; a second call with the same settings and data reuses it. ``mismatched``: other examples'
+    references added per example as pairs labelled by the metric (:func:`adaptation_pairs`); None takes the preset's
+    ``adaptation: mismatched``. The training run's folder (``output_dir/run``: two more copies of the weights and the
+    optimizer state, about four times the model's size) is deleted once the model is saved, its log kept as
+    ``output_dir/train_metrics.jsonl``; ``keep_run=True`` keeps it. A call that trains starts a fresh run (an
+    interrupted one is not resumed). The returned scorer's ``adaptation`` attribute is an :class:`AdaptResult`
+    (folders, pair counts, whether it was reused).
     Example:
         >>> tuned = adapt("cappy-mini", [("Q: 2+2?\\nA:", "4")], candidates="gens.jsonl", output_dir="out/t")
+        >>> tuned = adapt(config=AdaptConfig.from_yaml("adapt.yaml", {"lr": 1e-4}))
     """
+    if isinstance(config, str | os.PathLike):  # the former meaning of config=: the training preset
+        settings = {"preset": os.fspath(config), **settings}
+        config = None
+    cfg = AdaptConfig.build(config, settings, "adapt()")
+    if scorer is None:
+        scorer = cfg.model
+    if examples is None:
+        if not cfg.examples:
+            raise ConfigError("adapt(): give the training examples (examples=[...] or a file as examples=PATH)")
+        examples = read_examples(cfg.examples, cfg.instruction_field, cfg.references_field, cfg.id_field, cfg.split)
+    exs = as_examples(examples)
+    source = _candidate_source(cfg)
+    try:
+        return _adapt(scorer, exs, cfg, source)
+    finally:
+        if isinstance(source, CandidateSource) and source is not cfg.candidates:
+            source.close()  # the source this call opened; a caller's own it closes itself
+
+
+def _adapt(scorer: Any, exs: list[AdaptExample], cfg: AdaptConfig, source: Any) -> Any:
+    """The work of :func:`adapt` on checked settings: candidates, pairs, training, export, the record."""
     from cappy.io import atomic_write, dumps, sha256_file
     from cappy.model import Cappy, export_checkpoint, resolve_model_path
-    from cappy.train import TrainConfig, train
-    from cappy.train.config import adaptation_settings
+    from cappy.train import train
 
-    exs = as_examples(examples)
-    out = Path(output_dir)
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(scorer, Cappy):  # its weights as they are in memory, which may differ from where it came from
         base = str(out / "base")
@@ -262,31 +373,29 @@ def adapt(
         base = resolve_model_path(scorer)
     weights = Path(base) / "model.safetensors"
 
-    source = _candidate_source(candidates, generator, recipe, gen_seed, show_progress)
     if isinstance(source, CandidateSource):
         cands = source.get([e.instruction for e in exs], [e.id for e in exs])
     else:
         cands = source
-    preset = str(config) if config is not None else default_preset(device)
-    if mismatched is None:
-        mismatched = adaptation_settings(preset)["mismatched"]
-    rows = adaptation_pairs(exs, cands, metric=metric, task=task, mismatched=mismatched, seed=gen_seed)
+    preset = cfg.preset if cfg.preset is not None else default_preset(cfg.device)
+    mismatched = cfg.mismatched if cfg.mismatched is not None else adaptation_settings(preset)["mismatched"]
+    metric, task = cfg.metric, cfg.task
+    rows = adaptation_pairs(exs, cands, metric=metric, task=task, mismatched=mismatched, seed=cfg.gen_seed)
     pairs = out / "pairs.jsonl"
     with atomic_write(pairs) as f:
         for r in rows:
             f.write(dumps(r) + "\n")
-    cfg = TrainConfig.from_yaml(preset, {"model": base, "train": [str(pairs)], "output_dir": str(out / "run")})
-    settings: dict[str, Any] = {"num_pairs": cfg.num_pairs, "device": device, **overrides, "progress": show_progress}
-    if scale is not None:
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
-        settings["num_pairs"] = max(1, round((cfg.num_pairs or len(rows)) * scale))
-    cfg = TrainConfig.from_dict({**cfg.to_dict(), **settings}, source=preset)
+    train_cfg = TrainConfig.from_yaml(preset, {"model": base, "train": [str(pairs)], "output_dir": str(out / "run")})
+    settings: dict[str, Any] = {"num_pairs": train_cfg.num_pairs, "device": cfg.device, **cfg.training}
+    settings["progress"] = cfg.show_progress
+    if cfg.scale is not None:
+        settings["num_pairs"] = max(1, round((train_cfg.num_pairs or len(rows)) * cfg.scale))
+    train_cfg = train_cfg.with_overrides(settings, source=preset)
     record = {
         "base": base,
         "base_sha256": sha256_file(weights) if weights.is_file() else None,
         "preset": preset,
-        "config": {k: v for k, v in cfg.to_dict().items() if k not in ("progress", "output_dir")},
+        "config": {k: v for k, v in train_cfg.to_dict().items() if k not in ("progress", "output_dir")},
         "pairs_sha256": sha256_file(pairs),
         "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "custom"),
         "mismatched": mismatched,
@@ -303,15 +412,15 @@ def adapt(
         shutil.rmtree(model_dir, ignore_errors=True)
         saved.unlink(missing_ok=True)
         (out / "train_metrics.jsonl").unlink(missing_ok=True)  # an earlier setting's log
-        train(cfg)
+        train(train_cfg)
         run = out / "run"
         export_checkpoint(run / "best" if (run / "best" / "config.json").exists() else run, model_dir)
         with atomic_write(saved) as f:
             f.write(json.dumps(record, indent=2) + "\n")
-        if not keep_run:
+        if not cfg.keep_run:
             if (run / "metrics.jsonl").is_file():
                 shutil.copyfile(run / "metrics.jsonl", out / "train_metrics.jsonl")
             shutil.rmtree(run, ignore_errors=True)
-    tuned = Cappy.from_pretrained(model_dir, device=device, dtype=dtype)
+    tuned = Cappy.from_pretrained(model_dir, device=cfg.device, dtype=cfg.dtype)
     tuned.adaptation = AdaptResult(model_dir, pairs, counts, reused)
     return tuned

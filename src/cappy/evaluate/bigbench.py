@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,14 @@ import numpy as np
 
 from cappy.boost import boost_candidates
 from cappy.data.bigbench import BigBenchExample, load_bigbench_task
-from cappy.evaluate.mc import SHARED
+from cappy.evaluate.config import SHARED, BBConfig
+from cappy.evaluate.config import BigBenchEvalConfig as BigBenchEvalConfig  # defined with the settings; also here
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT = SHARED / "bigbench"
 #: BIG-Bench JSON tasks left out of the paper's 45 (its arithmetic subtasks duplicate other tasks).
 EXCLUDED = ("simple_arithmetic_json_subtasks",)
-
-
-@dataclass
-class BBConfig:
-    """Caps and seed: validation prompts per task (seeded sample), train prompts per task for adaptation."""
-
-    max_examples: int | None = 100
-    max_train: int | None = 200
-    seed: int = 0
 
 
 def default_tasks(root: str | Path = DEFAULT_ROOT) -> list[Path]:

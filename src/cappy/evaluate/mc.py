@@ -10,64 +10,22 @@ import logging
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cappy.data.readers import read_examples
-from cappy.data.templates import Template, load_templates, template_key
+from cappy.data.templates import Template, load_templates
+from cappy.evaluate.config import DEFAULT_SUITE as DEFAULT_SUITE  # defined with the settings; also here
+from cappy.evaluate.config import METHODS, MCConfig
+from cappy.evaluate.config import SHARED as SHARED
+from cappy.evaluate.config import MCEvalConfig as MCEvalConfig
+from cappy.evaluate.config import MCTask as MCTask
 from cappy.io import sha256_file
-from cappy.paths import shared_data_dir
 
 logger = logging.getLogger(__name__)
-
-SHARED = shared_data_dir()
-
-#: The default held-out suite: (task name, PromptSource key, file under shared/data/heldout).
-DEFAULT_SUITE: tuple[tuple[str, str, str], ...] = (
-    ("anli_r1", "anli", "anli_r1_dev.jsonl"),
-    ("anli_r2", "anli", "anli_r2_dev.jsonl"),
-    ("anli_r3", "anli", "anli_r3_dev.jsonl"),
-    ("super_glue/cb", "super_glue/cb", "super_glue_cb_val.jsonl"),
-    ("super_glue/copa", "super_glue/copa", "super_glue_copa_val.jsonl"),
-    ("super_glue/rte", "super_glue/rte", "super_glue_rte_val.jsonl"),
-    ("hellaswag", "hellaswag", "hellaswag_val.jsonl"),
-    ("winogrande/winogrande_xl", "winogrande/winogrande_xl", "winogrande_xl_val.jsonl"),
-)
-
-METHODS = {
-    "cappy": "the Cappy scorer (--model): argmax of score(instruction, choice)",
-    "llm_sum": "LLM rank classification: argmax of the summed log-likelihood of the choice given the prompt",
-    "llm_mean": "LLM rank classification: argmax of the per-token mean log-likelihood",
-    "chance": "expected accuracy of a uniform random pick (1 / number of choices)",
-}
-
-
-@dataclass
-class MCTask:
-    """One task: a name, a PromptSource template key, a data source and the template choice."""
-
-    name: str
-    key: str
-    path: str
-    templates: str | Sequence[str] = "all"
-    template_root: str | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> MCTask:
-        """``DATASET[/CONFIG]=PATH`` (or ``NAME:DATASET[/CONFIG]=PATH``) -> MCTask.
-
-        Example: ``MCTask.parse("super_glue/rte=../shared/data/heldout/super_glue_rte_val.jsonl")``
-        """
-        if "=" not in spec:
-            raise ValueError(f"task {spec!r}: expected DATASET[/CONFIG]=PATH, e.g. super_glue/rte=rte_val.jsonl")
-        left, path = spec.split("=", 1)
-        name, _, key = left.rpartition(":") if ":" in left else ("", "", left)
-        if not key or not path:
-            raise ValueError(f"task {spec!r}: empty dataset key or path")
-        return cls(name=name or key, key=template_key(key), path=path)
 
 
 @dataclass
@@ -78,17 +36,6 @@ class MCPrompt:
     instruction: str
     choices: list[str]
     gold: int
-
-
-@dataclass
-class MCConfig:
-    """What to evaluate: caps and the seed for the example sample."""
-
-    max_examples: int | None = 100
-    max_templates: int | None = 5
-    seed: int = 0
-    require_choices: bool = True
-    skipped: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
 
 
 def pick_templates(templates: list[Template], max_templates: int | None) -> list[Template]:
