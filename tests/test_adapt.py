@@ -205,8 +205,10 @@ def test_cli_adapt_reads_any_format_with_field_options(tiny_model_dir, tmp_path,
     assert "3 examples, 25 pairs (5 gold, 5 mismatched)" in capsys.readouterr().err
     assert main(args + ["--mismatched", "0"]) == 0  # the paper's pairs only
     assert "3 examples, 20 pairs (5 gold, 0 mismatched)" in capsys.readouterr().err
-    assert main(args + ["--set", "mismatched=2"]) == 2  # not a training setting: said so, nothing trained
-    assert "use --mismatched N" in capsys.readouterr().err
+    assert main(args + ["--set", "mismatched=2"]) == 0  # an adapt setting: --set reaches it as --mismatched does
+    assert "3 examples, 25 pairs (5 gold, 5 mismatched) -> " in capsys.readouterr().err
+    assert main(args + ["--set", "mismatched=two"]) == 2  # the key and the type it wants
+    assert "--set mismatched=two: mismatched must be an integer or null" in capsys.readouterr().err
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"q": "only a question"}) + "\n")

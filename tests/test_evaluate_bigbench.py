@@ -197,16 +197,16 @@ def test_cli_bigbench_adapts_per_task_on_train_candidates(tiny_model_dir, tmp_pa
         "--adapt",
         "--adapt-scale",
         "0.01",
-        "--adapt-override",
-        "batch_size=8",
-        "--adapt-override",
+        "--set",
+        "adapt_training.batch_size=8",
+        "--set",
         "per_device_batch_size=8",
-        "--adapt-override",
+        "--set",
         "max_length=64",
-        "--adapt-override",
+        "--set",
         "lr=1e-3",
-        "--adapt-override",
-        "device=cpu",
+        "--set",
+        "adapt_training.device=cpu",
         "--out",
         str(out),
         "--no-progress",
@@ -270,8 +270,7 @@ def test_cli_bigbench_adapts_on_candidates_of_another_recipe(tiny_model_dir, tmp
         "--no-plots", "--device", "cpu",
     ]  # fmt: skip
     assert main([*common, "--adapt-recipe", str(recipe)]) == 2  # without --adapt it has nothing to do
-    adapt = ["--adapt", "--adapt-scale", "0.005", "--adapt-override", "max_length=64", "--adapt-override",
-             "per_device_batch_size=8"]  # fmt: skip
+    adapt = ["--adapt", "--adapt-scale", "0.005", "--set", "max_length=64", "--set", "per_device_batch_size=8"]
     assert main([*common, *adapt]) == 2  # the train prompts have no "quick" candidates and there is no backend
     assert main([*common, *adapt, "--adapt-recipe", str(recipe)]) == 0
     res = json.loads((out / "results.json").read_text())

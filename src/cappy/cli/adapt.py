@@ -1,20 +1,24 @@
-"""`cappy adapt`: adapt a Cappy to a task from its training examples (cappy.adapt does the work)."""
+"""`cappy adapt`: adapt a Cappy to a task from its training examples (cappy.adapt does the work; its settings are
+cappy.adaptation.AdaptConfig)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from cappy.adaptation import AdaptConfig  # light (no torch): the parser reads the settings' fields
 from cappy.cli import (
     DEFAULT_RECIPE,
-    DTYPE_HELP,
     add_cache_args,
     add_generator_args,
-    candidate_cache,
-    generator_factory,
-    parse_key_values,
+    add_job_options,
+    choose_cache,
+    generator_settings,
+    job_config,
     quiet_libraries,
 )
+from cappy.config import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,72 +30,65 @@ def register(sub: argparse._SubParsersAction) -> None:
         "appended to the cache, so a killed run resumes; without --gens the cache is the default one of the "
         "generator, recipe and seed, the one `cappy boost --backend` reads (--no-cache: none). Each candidate is "
         "labelled by Rouge-L against the references, the references themselves 1.0, and a copy of --model "
-        "is trained on the pairs (preset adapt_cpu on CPU, adapt_paper on GPU). The LLM is never trained.",
+        "is trained on the pairs (preset adapt_cpu on CPU, adapt_paper on GPU; --preset to choose). The LLM is "
+        "never trained. Any setting of cappy.adaptation.AdaptConfig, and any training setting of "
+        "cappy.train.TrainConfig, is changed with --set KEY=VALUE (e.g. --set lr=1e-4 --set mismatched=2).",
     )
-    p.add_argument("--train", required=True, help="training examples: JSONL, CSV, Parquet, a BIG-Bench task, ...")
-    p.add_argument("--split", default=None, help="split of a BIG-Bench task or save_to_disk folder (e.g. train)")
-    p.add_argument("--instruction-field", default="instruction")
-    p.add_argument("--references-field", default="references", help="a string or a list of strings per row")
-    p.add_argument("--id-field", default="id")
-    p.add_argument("--model", default="cappy-mini", help="the Cappy to adapt: checkpoint dir, embedded name or hub id")
-    p.add_argument("--out", required=True, help="output folder: model/ (the adapted scorer), pairs, training log")
-    add_cache_args(p)
-    p.add_argument("--config", default=None, help="training preset or YAML (default: adapt_cpu on CPU)")
-    p.add_argument("--scale", type=float, default=None, help="multiply the preset's num_pairs")
-    p.add_argument(
-        "--mismatched",
-        type=int,
-        default=None,
-        help="per example, this many other examples' references as extra pairs labelled against its own "
-        "(default: the preset's adaptation: mismatched)",
-    )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training setting")
-    p.add_argument(
-        "--keep-run", action="store_true", help="keep the training run's folder (run/: checkpoint and optimizer state)"
-    )
-    p.add_argument("--task-name", default="adapt", help="the task name recorded in the model's training data")
-    p.add_argument("--scorer-dtype", default="auto", help=DTYPE_HELP)
-    p.add_argument("--no-progress", action="store_true")
-    add_generator_args(p, required=False)
+    add_job_options(p, AdaptConfig)
+    add_cache_args(p, for_job=True)
+    add_generator_args(p, required=False, for_job=True)
     p.set_defaults(func=run_adapt)
 
 
-def run_adapt(args: argparse.Namespace) -> int:
-    from cappy.adaptation import adapt, read_examples
-    from cappy.generate import CandidateSource
+def _not_a_preset(path: str) -> None:
+    """`cappy adapt --config` named the training preset before it named the job's YAML file: say so."""
+    from dataclasses import fields
 
-    cache = candidate_cache(args)
-    overrides = parse_key_values(args.set, "--set")
-    device = overrides.pop("device", args.device)  # --set device=X is the same as --device X
-    if "mismatched" in overrides:
-        raise ValueError("mismatched is not a training setting: use --mismatched N instead of --set mismatched=N")
-    examples = read_examples(args.train, args.instruction_field, args.references_field, args.id_field, args.split)
-    source = CandidateSource(
-        args.recipe or DEFAULT_RECIPE,
-        cache=cache,
-        generator=generator_factory(args),
-        seed=args.seed,
-        show_progress=not args.no_progress,
-    )
-    quiet_libraries(args.verbose, llama=args.backend == "llamacpp")
-    try:
-        tuned = adapt(
-            args.model,
-            examples,
-            candidates=source,
-            output_dir=args.out,
-            config=args.config,
-            scale=args.scale,
-            task=args.task_name,
-            device=device,
-            dtype=args.scorer_dtype,
-            show_progress=not args.no_progress,
-            mismatched=args.mismatched,
-            keep_run=args.keep_run,
-            **overrides,
+    from cappy.config import read_yaml_mapping
+    from cappy.train.config import ADAPTATION_SECTION, TrainConfig, available_presets
+
+    if not Path(path).is_file():
+        if path in available_presets():
+            raise ConfigError(
+                f"--config {path}: a training preset is --preset {path} (--config is a YAML file of cappy adapt's "
+                "settings)"
+            )
+        return
+    data = read_yaml_mapping(path, "AdaptConfig settings")
+    own = {f.name for f in fields(AdaptConfig)}
+    training = [k for k in data if k not in own and k in {f.name for f in fields(TrainConfig)}]
+    if ADAPTATION_SECTION in data or training:
+        raise ConfigError(
+            f"--config {path}: the file holds training settings ({', '.join(training) or ADAPTATION_SECTION}): a "
+            f"training preset is --preset {path}; a YAML file of cappy adapt's settings puts them under training:"
         )
-    finally:
-        source.close()
+
+
+def run_adapt(args: argparse.Namespace) -> int:
+    from cappy.adaptation import adapt
+
+    if getattr(args, "config", None):
+        _not_a_preset(args.config)
+    extra = generator_settings(args, seed="gen_seed")
+    if getattr(args, "gens", None) is not None:
+        extra["candidates"] = args.gens
+    cfg = job_config(args, defaults={"show_progress": True}, extra=extra)
+    if not cfg.examples:
+        raise ConfigError("give the training examples: --train FILE (or examples: in the --config file)")
+    if not isinstance(cfg.candidates, str | type(None)) or not isinstance(cfg.generator, str | type(None)):
+        raise ConfigError("candidates and generator are a cache path and a backend name on the command line")
+    cache = choose_cache(
+        "adapt",
+        cfg.candidates,
+        getattr(args, "no_cache", False),
+        cfg.generator,
+        cfg.gen_model,
+        cfg.recipe,
+        cfg.gen_seed,
+        cfg.generator_options.get("base_url"),
+    )
+    quiet_libraries(args.verbose, llama=cfg.generator == "llamacpp")
+    tuned = adapt(config=cfg.with_overrides({"candidates": cache}, "command line"))
     info = tuned.adaptation
     c = info.counts
     print(
