@@ -79,8 +79,8 @@ def test_two_gloo_processes_match_one(tmp_path, tiny_model_dir):
         str(cfg_path),
         "--output-dir",
         str(two_dir),
-        "--per-device-batch-size",
-        "2",
+        "--set",
+        "per_device_batch_size=2",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -151,7 +151,7 @@ class JobConfig:
 
     @classmethod
     def from_yaml(
-        cls: type[C], path: str | os.PathLike, overrides: Mapping[str, Any] | None = None, source: str = "--set"
+        cls: type[C], path: str | os.PathLike, overrides: Mapping[str, Any] | None = None, source: str = "overrides"
     ) -> C:
         """Read a YAML file of settings (nested sections as mappings), then apply ``overrides`` (see
         :meth:`with_overrides`). Example: ``BigBenchEvalConfig.from_yaml("job.yaml", {"max_examples": 10})``"""
@@ -167,10 +167,11 @@ class JobConfig:
         base = config.to_dict() if config is not None else {}
         return cls.from_dict(apply_overrides(cls, base, settings, source), source=source)
 
-    def with_overrides(self: C, overrides: Mapping[str, Any], source: str = "--set") -> C:
+    def with_overrides(self: C, overrides: Mapping[str, Any], source: str = "overrides") -> C:
         """A copy with ``overrides`` applied: keys are field names, dotted names into a section
-        (``training.lr``), or a section's setting by its own name where that is unambiguous (``lr``).
-        Example: ``cfg.with_overrides(parse_set(["max_examples=10"]))``"""
+        (``training.lr``), or a section's setting by its own name where that is unambiguous (``lr``); ``source``
+        names them in errors ("--set" says each as ``--set KEY=VALUE``).
+        Example: ``cfg.with_overrides(parse_set(["max_examples=10"]), "--set")``"""
         return type(self).build(self, overrides, source)
 
     # ------------------------------------------------------------------ writing
@@ -199,7 +200,7 @@ class JobConfig:
 
 # ---------------------------------------------------------------------- overrides
 def apply_overrides(
-    cls: type, base: Mapping[str, Any], overrides: Mapping[str, Any], source: str = "--set"
+    cls: type, base: Mapping[str, Any], overrides: Mapping[str, Any], source: str = "overrides"
 ) -> dict[str, Any]:
     """``base`` (a mapping of ``cls`` settings) with ``overrides`` set, each resolved to its field (see
     :meth:`JobConfig.with_overrides`) and converted to the field's type; errors name the key and ``source``."""
