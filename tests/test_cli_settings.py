@@ -237,3 +237,23 @@ def test_the_readme_and_docs_use_no_former_spelling():
                 words = line.split("cappy train ", 1)[1].split("`")[0].split()
                 options = [w.split("=")[0] for w in words if w.startswith("--")]
                 assert set(options) <= {"--model", "--train", "--dev", "--output-dir", "--set"}, (name, line)
+
+
+def test_a_yaml_job_runs_for_real_with_set_on_top(tiny_model_dir, tmp_path, capsys):
+    """The config a file and --set make is the one that runs: results.json records its sample caps and seed."""
+    import json
+
+    from cappy.evaluate.bigbench import task_prompts
+    from test_evaluate_bigbench import BB, write_cache
+
+    task = BB / "repeat_copy_logic"
+    cache = tmp_path / "gens.jsonl"
+    write_cache(cache, task_prompts(task, BigBenchEvalConfig(max_examples=None))[2])  # every validation prompt
+    job = tmp_path / "bb.yaml"
+    BigBenchEvalConfig(tasks=[str(task)], out=str(tmp_path / "bb"), model=str(tiny_model_dir("bert")), gens=str(cache),
+                       recipe="quick", max_examples=50, plots=False, device="cpu").to_yaml(job)  # fmt: skip
+    assert main(["eval", "bigbench", "--config", str(job), "--set", "max_examples=3", "--set", "seed=0"]) == 0
+    res = json.loads((tmp_path / "bb" / "results.json").read_text())
+    assert res["sample"]["max_examples"] == 3 and res["tasks"]["repeat_copy_logic"]["n_validation"] == 3
+    assert "cappy" in res["methods"] and "--set max_examples=3" in res["command"]
+    assert "| **Mean** |" in capsys.readouterr().out
