@@ -169,3 +169,38 @@ def pytest_terminal_summary(terminalreporter):
         for rep in terminalreporter.stats.get(outcome, []):
             if "test_serve_browser.py" in getattr(rep, "nodeid", "") and (outcome != "passed" or rep.when == "call"):
                 terminalreporter.write_line(f"browser test {rep.nodeid}: {outcome}")
+
+
+def build_tiny_lm(kind: str, n_positions: int = 40):
+    """A tiny random GPT-2 ("causal", ``n_positions`` long) or T5 ("seq2seq") over MiniLM's real WordPiece
+    tokenizer; the one tiny LM of the suite."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    if kind == "causal":
+        cfg = GPT2Config(
+            vocab_size=tok.vocab_size,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=n_positions,
+            bos_token_id=tok.sep_token_id,
+            eos_token_id=tok.sep_token_id,
+            pad_token_id=tok.pad_token_id,
+            initializer_range=0.2,
+        )
+        return GPT2LMHeadModel(cfg).eval(), tok
+    cfg = T5Config(
+        vocab_size=tok.vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=tok.pad_token_id,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.sep_token_id,
+        initializer_factor=2.0,
+    )
+    return T5ForConditionalGeneration(cfg).eval(), tok

@@ -6,29 +6,22 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from cappy.boost import best_of_n, boost_candidates, check_strategy, select, summarize
 from cappy.generate import Candidate, Decoding, Recipe
 from cappy.generate.cache import generate_to_cache
 from cappy.metrics import rouge_l
+from conftest import build_tiny_lm
 from tolerances import assert_scores_close
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models on two shared cores
+
 RECIPE = Recipe("b", (Decoding("greedy"), Decoding("sample", n=3), Decoding("sample", top_k=5, n=2)), 1, 5)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
 def tiny_lm():
     from cappy.generate.hf import HFGenerator
-    from test_generate import build_tiny_lm
 
     model, tok = build_tiny_lm("causal")
     return HFGenerator(model, tok, device="cpu", model_id="tiny-causal")

@@ -8,24 +8,18 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from cappy.batch import generation_cache_path
 from cappy.cli import build_parser, main
 from cappy.generate import DEFAULT_RECIPE, load_recipe
+from conftest import build_tiny_lm
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models on two shared cores
 
 # a tiny run: 32 pairs in batches of 8 at length 64 (the adapted scorer only has to exist)
 FAST = {"num_pairs": 32, "batch_size": 8, "per_device_batch_size": 8, "max_length": 64}
 PROMPTS = ["Q: What is the capital of France?\nA:", "Q: Name a primary colour.\nA:"]
 REFS = [["Paris"], ["red", "blue"]]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture
@@ -38,8 +32,6 @@ def cache_dir(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_lm_dir(tmp_path_factory):
     """The tiny random GPT-2 of the generation tests, saved as a folder the hf backend loads."""
-    from test_generate import build_tiny_lm
-
     model, tok = build_tiny_lm("causal")
     d = tmp_path_factory.mktemp("lm") / "tiny-gpt2"
     model.save_pretrained(d)

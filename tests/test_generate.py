@@ -25,7 +25,7 @@ from cappy.generate import (
 )
 from cappy.generate.base import stop_cut
 from cappy.generate.cache import generate_to_cache, iter_generations, read_generations, repair_torn_tail
-from conftest import REPO, minilm_path
+from conftest import REPO, build_tiny_lm
 
 SMALL = Recipe(
     "small",
@@ -35,48 +35,7 @@ SMALL = Recipe(
     max_prompt_tokens=24,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription (10x faster here)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-def build_tiny_lm(kind: str):
-    """A tiny random GPT-2 ("causal") or T5 ("seq2seq") over MiniLM's real WordPiece tokenizer."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
-
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    torch.manual_seed(0)
-    if kind == "causal":
-        cfg = GPT2Config(
-            vocab_size=tok.vocab_size,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            n_positions=40,
-            bos_token_id=tok.sep_token_id,
-            eos_token_id=tok.sep_token_id,
-            pad_token_id=tok.pad_token_id,
-            initializer_range=0.2,
-        )
-        return GPT2LMHeadModel(cfg).eval(), tok
-    cfg = T5Config(
-        vocab_size=tok.vocab_size,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        decoder_start_token_id=tok.pad_token_id,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.sep_token_id,
-        initializer_factor=2.0,
-    )
-    return T5ForConditionalGeneration(cfg).eval(), tok
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models on two shared cores
 
 
 @pytest.fixture(scope="session")

@@ -10,18 +10,10 @@ import pytest
 import torch
 
 from cappy.integrations.trl import CappyReward, flatten_completion, flatten_prompt, reward_function
-from conftest import minilm_path
+from conftest import build_tiny_lm
 from tolerances import FP32_EPS, score_scale
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models on two shared cores
 
 SYSTEM = {"role": "system", "content": "Answer in one word."}
 
@@ -126,27 +118,14 @@ def test_construction(tiny_scorer, tiny_model_dir):
 
 
 def _tiny_causal_lm():
-    """A tiny random GPT-2 over MiniLM's real WordPiece tokenizer, with a minimal chat template."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    tok = AutoTokenizer.from_pretrained(minilm_path())
+    """The suite's tiny random GPT-2, long enough for GRPO's prompts, with a minimal chat template."""
+    model, tok = build_tiny_lm("causal", n_positions=64)
     tok.eos_token = tok.sep_token
     tok.chat_template = (
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}assistant:{% endif %}"
     )
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=tok.vocab_size,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=64,
-        bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return GPT2LMHeadModel(cfg), tok
+    return model, tok
 
 
 def test_grpo_trainer_trains_with_the_cappy_reward(tiny_scorer, tmp_path, monkeypatch):
