@@ -10,6 +10,10 @@ split into slices of about that cost, scored one per call and taken in turn with
 with slices left goes back in the queue behind the jobs that arrived while its slice was scored). While such a job
 is queued, every call is kept to about one slice, so a small request waits about one slice behind a large one
 instead of the large one's whole time. Without a large job, calls gather everything queued as before.
+
+Keys: a job may carry a ``key`` (e.g. a truncation direction); one call only gathers jobs of one key, and the
+function gets the key as a third argument (jobs without a key: two arguments, as before). Jobs of another key
+keep their place in the queue for the next call.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,8 +33,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Scores, or (scores, token counts) for a batcher built with returns_lengths=True.
-ScoreFn = Callable[[list[str], list[str]], Sequence[float] | tuple[Sequence[float], Sequence[int]]]
+# Scores, or (scores, token counts) for a batcher built with returns_lengths=True; called with a third argument,
+# the jobs' key, when they have one.
+ScoreFn = Callable[..., Sequence[float] | tuple[Sequence[float], Sequence[int]]]
 # One pair's estimated cost (e.g. an upper bound of its token count), computed on the event loop: keep it cheap.
 PairCost = Callable[[str, str], int]
 
@@ -48,6 +53,7 @@ class _Job:
     instructions: list[str]
     responses: list[str]
     future: asyncio.Future
+    key: Hashable = None  # jobs of one key only are scored together; the function gets it as a third argument
     enqueued: float = field(default_factory=time.perf_counter)
     ends: list[int] | None = None  # slice boundaries (pair indices) of a split job; None: one slice, the whole job
     cost: list[int] | None = None  # cumulative estimated cost: cost[k] of the first k pairs (when slicing is on)
@@ -160,26 +166,31 @@ class MicroBatcher:
         return self._queued_pairs
 
     # ------------------------------------------------------------------ API
-    async def score(self, instructions: list[str], responses: list[str]) -> np.ndarray:
-        """Queue pairs and wait for their scores (float32, input order).
+    async def score(self, instructions: list[str], responses: list[str], key: Hashable = None) -> np.ndarray:
+        """Queue pairs and wait for their scores (float32, input order). A ``key`` other than None is scored only
+        with jobs of the same key and passed to the function (e.g. ``key="left"``, a truncation direction).
 
         Raises :class:`Overloaded` when the queue has no room and :class:`ShuttingDown` while closing.
         Cancelling the awaiting task withdraws the job's pairs that no batch has started.
         """
-        return (await self._submit(instructions, responses))[0]
+        return (await self._submit(instructions, responses, key))[0]
 
-    async def score_with_lengths(self, instructions: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    async def score_with_lengths(
+        self, instructions: list[str], responses: list[str], key: Hashable = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`score`, also with each pair's token count as scored (int64); needs ``returns_lengths=True``.
 
         Example: ``scores, lengths = await batcher.score_with_lengths(["q", "q"], ["a", "b"])``
         """
         if not self.returns_lengths:
             raise RuntimeError("this MicroBatcher was built without returns_lengths=True: it has no token counts")
-        scores, lengths = await self._submit(instructions, responses)
+        scores, lengths = await self._submit(instructions, responses, key)
         assert lengths is not None
         return scores, lengths
 
-    async def _submit(self, instructions: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    async def _submit(
+        self, instructions: list[str], responses: list[str], key: Hashable = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         if len(instructions) != len(responses):
             raise ValueError(f"got {len(instructions)} instructions and {len(responses)} responses")
         if self._closing:
@@ -194,7 +205,7 @@ class MicroBatcher:
             raise Overloaded(
                 f"the queue is full ({self._queued_pairs} pairs waiting, limit {self.max_queue_pairs}); retry later"
             )
-        job = _Job(list(instructions), list(responses), asyncio.get_running_loop().create_future())
+        job = _Job(list(instructions), list(responses), asyncio.get_running_loop().create_future(), key)
         if self.pair_cost is not None and self.max_slice_cost is not None:
             costs = [self.pair_cost(i, r) for i, r in zip(job.instructions, job.responses)]
             job.cost = [0, *itertools.accumulate(costs)]
@@ -250,7 +261,7 @@ class MicroBatcher:
         instr = [s for job, a, b in batch for s in job.instructions[a:b]]
         resp = [s for job, a, b in batch for s in job.responses[a:b]]
         try:
-            scores, lengths = await loop.run_in_executor(self._executor, self._score, instr, resp)
+            scores, lengths = await loop.run_in_executor(self._executor, self._score, instr, resp, batch[0][0].key)
         except Exception as err:  # the model failed on this batch: every caller in it gets the error
             logger.exception("scoring a batch of %d pairs failed", len(instr))
             for job, _, _ in batch:
@@ -289,12 +300,14 @@ class MicroBatcher:
 
     def _take_batch(self) -> tuple[list[tuple[_Job, int, int]], list[_Job]]:
         """Pop work from the front: (job, start, end) slices up to ``max_batch_pairs`` (always at least one live
-        job), and the split jobs taken that have slices left (they go back in the queue after this batch).
+        job), all of the first live job's key, and the split jobs taken that have slices left (they go back in the
+        queue after this batch). Jobs of other keys keep their places.
 
         While a split job is in the queue, the batch is also kept to ``max_slice_cost`` (estimated): the next
         call then comes after about one slice, whoever waits for it."""
         batch: list[tuple[_Job, int, int]] = []
         unfinished: list[_Job] = []
+        passed: deque[_Job] = deque()  # live jobs of another key, in queue order
         size = cost = 0
         fair = self._split_jobs > 0
         while self._jobs:
@@ -302,6 +315,9 @@ class MicroBatcher:
             if job.future.done():  # cancelled by its caller before (the rest of) its work started
                 self._jobs.popleft()
                 self._withdraw(job, cancelled=True)
+                continue
+            if batch and job.key != batch[0][0].key:
+                passed.append(self._jobs.popleft())
                 continue
             end = job.next_slice()
             n = end - job.taken
@@ -315,6 +331,7 @@ class MicroBatcher:
             cost += job_cost
             if job.left:
                 unfinished.append(job)
+        self._jobs.extendleft(reversed(passed))
         return batch, unfinished
 
     def _withdraw(self, job: _Job, cancelled: bool) -> None:
@@ -326,10 +343,14 @@ class MicroBatcher:
         if cancelled:
             self.stats["cancelled"] += 1
 
-    def _score(self, instructions: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    def _score(
+        self, instructions: list[str], responses: list[str], key: Hashable = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         t0 = time.perf_counter()
         try:
-            result = self.score_fn(instructions, responses)
+            result = (
+                self.score_fn(instructions, responses) if key is None else self.score_fn(instructions, responses, key)
+            )
         finally:
             self.stats["busy_s"] += time.perf_counter() - t0
         lengths = None

@@ -13,7 +13,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from cappy.generate import DEFAULT_RECIPE, CandidateSource, Generator, available_recipes, load_recipe
+from cappy.generate import (
+    DEFAULT_RECIPE,
+    Candidate,
+    CandidateSource,
+    Generator,
+    Recipe,
+    available_recipes,
+    load_recipe,
+)
 
 # A candidate's fields /best-of-n returns besides its text (those it has; objects and dicts alike).
 CANDIDATE_FIELDS = ("decoding", "sample_index", "logprob_sum", "logprob_mean", "num_tokens", "model", "recipe", "seed")
@@ -77,6 +85,20 @@ def candidate_fields(cand: Any) -> dict[str, Any]:
     return out
 
 
+def prompt_token_count(generator: Generator, prompt: str) -> int:
+    """``prompt``'s token count in ``generator``'s own tokenizer (llama.cpp or transformers), else 0.
+
+    Example: ``prompt_token_count(LlamaCppGenerator(), "Hello")`` -> 2 (with the BOS token)
+    """
+    llm = getattr(generator, "llm", None)
+    if llm is not None and hasattr(llm, "tokenize"):
+        return len(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
+    tokenizer = getattr(generator, "tokenizer", None)
+    if tokenizer is not None and callable(tokenizer):
+        return len(tokenizer(prompt)["input_ids"])
+    return 0
+
+
 class Generation:
     """The generator behind /best-of-n: its default ``recipe`` (a shipped name or a YAML file), every sample seeded
     from ``seed``, generating on one thread of its own (off the event loop and the scoring thread).
@@ -102,6 +124,20 @@ class Generation:
     @property
     def display_name(self) -> str:
         return self.name or type(self.generator).__name__
+
+    async def sample(self, prompt: str, recipe: Recipe, seed: int) -> tuple[list[Candidate], int]:
+        """``prompt``'s candidates under ``recipe`` seeded from ``seed``, and the prompt's token count (0 when the
+        generator does not say), on the generation thread.
+
+        Example: ``cands, prompt_tokens = await gen.sample("Q: 2+2?\nA:", recipe, seed=7)``
+        """
+        loop = asyncio.get_running_loop()
+
+        def run() -> tuple[list[Candidate], int]:
+            cands = self.generator.generate([prompt], recipe, seed=seed)[0]
+            return cands, min(prompt_token_count(self.generator, prompt), recipe.max_prompt_tokens)
+
+        return await loop.run_in_executor(self._executor, run)
 
     async def candidates(self, prompt: str, recipe: str | None, n: int | None) -> list[Any]:
         """``prompt``'s candidates under ``recipe`` (None: the default) cut or grown to ``n``; ValueError for a

@@ -38,13 +38,17 @@ class Guard:
             return
         if self.api_key is not None and scope["path"] not in PUBLIC_PATHS and not self._authorized(scope):
             msg = "missing or wrong API key: send 'Authorization: Bearer <key>'"
-            await error_response(401, "unauthorized", msg, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            denied = error_response(401, "unauthorized", msg, {"WWW-Authenticate": "Bearer"}, path=scope["path"])
+            await denied(scope, receive, send)
             return
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
         too_big = error_response(
-            413, "payload_too_large", f"the request body is larger than {self.max_body_bytes} bytes"
+            413,
+            "payload_too_large",
+            f"the request body is larger than {self.max_body_bytes} bytes",
+            path=scope["path"],
         )
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:

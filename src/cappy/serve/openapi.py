@@ -1,7 +1,8 @@
 """The served OpenAPI schema: FastAPI's, with this server's limits and recipe names written in.
 
-Clients and fuzzers read the limits from the schema: every list a request may send and /best-of-n's ``n`` get
-``maxItems`` / ``maximum`` = ``max_items_per_request`` (a 413 beyond), and ``recipe`` the names the server accepts.
+Clients and fuzzers read the limits from the schema: every list a request may send, /best-of-n's ``n`` and the
+OpenAI-compatible endpoints' ``n`` and ``best_of`` get ``maxItems`` / ``maximum`` = ``max_items_per_request`` (a 413
+beyond), and ``recipe`` the names the server accepts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from cappy.serve.schemas import LIMITED_FIELDS
+
+# Request bodies whose ``recipe`` is one of the server's recipe names.
+RECIPE_MODELS = ("BestOfNRequest", "ChatCompletionRequest", "CompletionRequest")
 
 
 def _properties(schema: dict[str, Any], model: str) -> dict[str, Any]:
@@ -33,9 +37,10 @@ def with_limits(schema: dict[str, Any], max_items: int, recipe_names: Sequence[s
                 branch["maxItems"] = max_items
             elif branch.get("type") == "integer":
                 branch["maximum"] = max_items
-    for branch in _properties(schema, "BestOfNRequest").get("recipe", {}).get("anyOf", []):
-        if recipe_names is not None and branch.get("type") == "string":
-            branch["enum"] = list(recipe_names)  # the recipe names this server accepts
+    for model in RECIPE_MODELS:
+        for branch in _properties(schema, model).get("recipe", {}).get("anyOf", []):
+            if recipe_names is not None and branch.get("type") == "string":
+                branch["enum"] = list(recipe_names)  # the recipe names this server accepts
     return schema
 
 

@@ -34,6 +34,7 @@ from cappy.serve.schemas import (
     ScoreResponse,
     TeiRank,
     TeiRerankRequest,
+    direction_of,
 )
 from cappy.serve.scoring import first_tokens, pair_lengths
 
@@ -48,7 +49,7 @@ async def _wait_disconnect(receive: Callable[[], Awaitable[dict[str, Any]]]) -> 
         pass
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``; if the client disconnects first, cancel it (its queued pairs are then never scored)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
@@ -65,17 +66,21 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise ClientGone()
 
 
-def _check_open(request: Request) -> None:
+def check_open(request: Request) -> None:
     if request.app.state.closing:
         raise ShuttingDown("the server is shutting down")
 
 
-async def _score_pairs(request: Request, instructions: list[str], responses: list[str]) -> np.ndarray:
-    _check_open(request)
-    return await _unless_disconnected(request, request.app.state.batcher.score(instructions, responses))
+async def score_pairs(
+    request: Request, instructions: list[str], responses: list[str], direction: str | None = None
+) -> np.ndarray:
+    """Scores of the pairs through the batcher (``direction``: the instruction's truncation side, None: the
+    scorer's); cancelled if the client leaves."""
+    check_open(request)
+    return await unless_disconnected(request, request.app.state.batcher.score(instructions, responses, direction))
 
 
-def _check_count(name: str, n: int, limit: int) -> None:
+def check_count(name: str, n: int, limit: int) -> None:
     if n == 0:
         raise ApiError(400, "empty_input", f"{name} is empty; send at least one")
     if n > limit:
@@ -87,7 +92,7 @@ def _check_text(name: str, text: str) -> None:
         raise ApiError(400, "empty_input", f"{name} is empty")
 
 
-def _order(scores: np.ndarray) -> np.ndarray:
+def best_first(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-scores, kind="stable")
 
 
@@ -123,6 +128,7 @@ async def info(request: Request) -> dict[str, Any]:
         "forward_batch": {"max_pairs": scorer.batch_size, "max_tokens": scorer.max_tokens_per_batch},
         "torch_threads": torch.get_num_threads(),
         "generator": state.generation.name if state.generation is not None else None,
+        "upstream": state.upstream.config.url if state.upstream is not None else None,
         "version": __version__,
         "limits": limits,
         "auth": config.api_key is not None,
@@ -132,8 +138,9 @@ async def info(request: Request) -> dict[str, Any]:
 
 @router.post("/score", response_model=ScoreResponse, responses=ERRORS, summary="Score (instruction, response) pairs")
 async def score(body: ScoreRequest, request: Request) -> JSONResponse:
-    _check_count("pairs", len(body.pairs), request.app.state.config.max_items_per_request)
-    scores = await _score_pairs(request, [p.instruction for p in body.pairs], [p.response for p in body.pairs])
+    check_count("pairs", len(body.pairs), request.app.state.config.max_items_per_request)
+    instructions, responses = [p.instruction for p in body.pairs], [p.response for p in body.pairs]
+    scores = await score_pairs(request, instructions, responses, direction_of(body.truncation_direction))
     return JSONResponse({"scores": scores.tolist()})
 
 
@@ -146,9 +153,10 @@ async def score(body: ScoreRequest, request: Request) -> JSONResponse:
 async def rerank_tei(body: TeiRerankRequest, request: Request) -> JSONResponse:
     state = request.app.state
     _check_text("query", body.query)
-    _check_count("texts", len(body.texts), state.config.max_items_per_request)
+    check_count("texts", len(body.texts), state.config.max_items_per_request)
+    direction = direction_of(body.truncation_direction)
     if body.truncate is False:
-        lengths = await state.batcher.run_in_worker(pair_lengths, state.scorer, body.query, body.texts)
+        lengths = await state.batcher.run_in_worker(pair_lengths, state.scorer, body.query, body.texts, direction)
         limit = state.scorer.max_length
         for i, (n, at_least) in enumerate(lengths):
             if n > limit:
@@ -158,9 +166,9 @@ async def rerank_tei(body: TeiRerankRequest, request: Request) -> JSONResponse:
                     f"texts[{i}] with the query is {'at least ' if at_least else ''}{n} tokens, more than the "
                     f"model's {limit}; send truncate=true to cut it",
                 )
-    scores = await _score_pairs(request, [body.query] * len(body.texts), body.texts)
+    scores = await score_pairs(request, [body.query] * len(body.texts), body.texts, direction)
     out = []
-    for i in _order(scores):
+    for i in best_first(scores):
         item: dict[str, Any] = {"index": int(i), "score": float(scores[i])}
         if body.return_text:
             item["text"] = body.texts[i]
@@ -178,15 +186,15 @@ async def rerank_tei(body: TeiRerankRequest, request: Request) -> JSONResponse:
 async def rerank_v1(body: RerankRequest, request: Request) -> JSONResponse:
     state = request.app.state
     _check_text("query", body.query)
-    _check_count("documents", len(body.documents), state.config.max_items_per_request)
+    check_count("documents", len(body.documents), state.config.max_items_per_request)
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
-    _check_open(request)
+    check_open(request)
     # usage counts the tokens of the pairs as scored (truncated, unpadded), from the encoding that scored them
-    scores, lengths = await _unless_disconnected(
+    scores, lengths = await unless_disconnected(
         request, state.batcher.score_with_lengths([body.query] * len(texts), texts)
     )
     results = []
-    for i in _order(scores)[: body.top_n]:
+    for i in best_first(scores)[: body.top_n]:
         item: dict[str, Any] = {"index": int(i), "relevance_score": float(scores[i])}
         if body.return_documents:
             item["document"] = {"text": texts[i]}
@@ -204,12 +212,12 @@ async def rerank_v1(body: RerankRequest, request: Request) -> JSONResponse:
 async def rerank_v2(body: RerankV2Request, request: Request) -> JSONResponse:
     state = request.app.state
     _check_text("query", body.query)
-    _check_count("documents", len(body.documents), state.config.max_items_per_request)
+    check_count("documents", len(body.documents), state.config.max_items_per_request)
     texts = body.documents
     if body.max_tokens_per_doc is not None:
         texts = await state.batcher.run_in_worker(first_tokens, state.scorer, texts, body.max_tokens_per_doc)
-    scores = await _score_pairs(request, [body.query] * len(texts), texts)
-    results = [{"index": int(i), "relevance_score": float(scores[i])} for i in _order(scores)[: body.top_n]]
+    scores = await score_pairs(request, [body.query] * len(texts), texts)
+    results = [{"index": int(i), "relevance_score": float(scores[i])} for i in best_first(scores)[: body.top_n]]
     meta = {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
     return JSONResponse({"id": uuid.uuid4().hex, "results": results, "meta": meta})
 
@@ -224,10 +232,10 @@ async def best_of_n(body: BestOfNRequest, request: Request) -> JSONResponse:
     limit = state.config.max_items_per_request
     _check_text("prompt", body.prompt)
     if body.n is not None:
-        _check_count("n", body.n, limit)
-    _check_open(request)
+        check_count("n", body.n, limit)
+    check_open(request)
     try:
-        produced = await _unless_disconnected(request, generation.candidates(body.prompt, body.recipe, body.n))
+        produced = await unless_disconnected(request, generation.candidates(body.prompt, body.recipe, body.n))
         cands = [candidate_fields(c) for c in produced][: body.n or limit]
     except (ClientGone, asyncio.CancelledError):
         raise
@@ -238,9 +246,9 @@ async def best_of_n(body: BestOfNRequest, request: Request) -> JSONResponse:
         raise ApiError(502, "generator_failed", f"the generator failed: {type(err).__name__}: {err}") from None
     if not cands:
         raise ApiError(502, "generator_failed", "the generator returned no candidates")
-    scores = await _score_pairs(request, [body.prompt] * len(cands), [c["text"] for c in cands])
+    scores = await score_pairs(request, [body.prompt] * len(cands), [c["text"] for c in cands])
     out = [{"index": i, **c, "score": float(s)} for i, (c, s) in enumerate(zip(cands, scores))]
-    best = int(_order(scores)[0])
+    best = int(best_first(scores)[0])
     return JSONResponse(
         {
             "prompt": body.prompt,

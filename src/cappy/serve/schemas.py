@@ -6,7 +6,7 @@ schema rejects the server rejects too.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from annotated_types import Ge
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -28,6 +28,10 @@ LIMITED_FIELDS = [
     ("RerankRequest", "documents"),
     ("RerankV2Request", "documents"),
     ("BestOfNRequest", "n"),
+    ("ChatCompletionRequest", "n"),
+    ("ChatCompletionRequest", "best_of"),
+    ("CompletionRequest", "n"),
+    ("CompletionRequest", "best_of"),
 ]
 
 
@@ -37,6 +41,19 @@ def _json_int(value: Any) -> Any:
 
 
 JsonInt = Annotated[int, BeforeValidator(_json_int)]
+# Text Embeddings Inference's truncation_direction (TEI writes "Right"/"Left"; both spellings are taken).
+TruncationDirection = Literal["right", "left", "Right", "Left"]
+TRUNCATION_HELP = (
+    "which end of a too-long instruction (query) is cut to fit the model: 'right' cuts its end, 'left' its start "
+    "(keeping a question at the end of a long few-shot prompt); absent: the server's setting"
+)
+
+
+def direction_of(value: str | None) -> str | None:
+    """A request's truncation direction as the scorer spells it ("right"/"left"), or None for the server's."""
+    return value.lower() if value is not None else None
+
+
 PositiveJsonInt = Annotated[int, Ge(1), BeforeValidator(_json_int)]  # Ge first, so the schema shows "minimum"
 
 
@@ -47,6 +64,7 @@ class Pair(_Body):
 
 class ScoreRequest(_Body):
     pairs: list[Pair] = Field(description="the (instruction, response) pairs to score", **_NOT_EMPTY)
+    truncation_direction: TruncationDirection | None = Field(None, description=TRUNCATION_HELP)
 
 
 class ScoreResponse(BaseModel):
@@ -65,6 +83,7 @@ class TeiRerankRequest(_Body):
         description="false: a pair longer than the model's max input length is a 413 error; "
         "true or absent: cut longest-first (Cappy's training format)",
     )
+    truncation_direction: TruncationDirection | None = Field(None, description=TRUNCATION_HELP)
 
 
 class TeiRank(BaseModel):

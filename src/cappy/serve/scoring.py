@@ -12,12 +12,13 @@ spaces) is tried on a prefix 8x longer, up to the whole text.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from cappy.model import Cappy, encode_pairs
+from cappy.model import Cappy, check_instruction_truncation, encode_pairs
 
 # Texts up to this many characters per max_length token are never cut (English runs about 4.5 characters a token).
 CAP_CHARS_PER_TOKEN = 16
@@ -75,18 +76,33 @@ def _whole_words(
     return None if end is None else part[: offsets[end - 1][1]]
 
 
-def score_function(scorer: Cappy) -> Callable[[list[str], list[str]], tuple[np.ndarray, np.ndarray]]:
+def truncating(scorer: Cappy, direction: str | None) -> Cappy:
+    """``scorer``, or a view of it (the same model and tokenizer) that cuts a too-long instruction from ``direction``
+    ("right": its end, "left": its start); the scorer itself is never changed.
+
+    Example: ``truncating(scorer, "left").instruction_truncation`` -> "left"
+    """
+    if direction is None or direction == scorer.instruction_truncation:
+        return scorer
+    view = copy.copy(scorer)
+    view.instruction_truncation = check_instruction_truncation(direction)
+    return view
+
+
+def score_function(scorer: Cappy) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """The batcher's function: ``(scores, token counts as scored)`` of the pairs, huge texts cut first
-    (:func:`cap_texts`). Token counts come from the encoding that scored, for /v1/rerank's usage.
+    (:func:`cap_texts`). Token counts come from the encoding that scored, for /v1/rerank's usage. A third argument,
+    the batch's key, is a truncation direction ("right" or "left") for the instruction; without it the scorer's own.
 
     Example: ``MicroBatcher(score_function(scorer), returns_lengths=True)``
     """
-    left = scorer.instruction_truncation == "left"
 
-    def score(instructions: list[str], responses: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        instructions = cap_texts(scorer.tokenizer, instructions, scorer.max_length, keep_end=left)[0]
-        responses = cap_texts(scorer.tokenizer, responses, scorer.max_length)[0]
-        return scorer.score(instructions, responses, show_progress_bar=False, return_lengths=True)
+    def score(instructions: list[str], responses: list[str], direction: str | None = None) -> tuple[Any, Any]:
+        use = truncating(scorer, direction)  # a shallow copy per call: it follows the scorer's current settings
+        left = use.instruction_truncation == "left"
+        instructions = cap_texts(use.tokenizer, instructions, use.max_length, keep_end=left)[0]
+        responses = cap_texts(use.tokenizer, responses, use.max_length)[0]
+        return use.score(instructions, responses, show_progress_bar=False, return_lengths=True)
 
     return score
 
@@ -119,13 +135,15 @@ def first_tokens(scorer: Cappy, texts: Sequence[str], n: int) -> list[str]:
     return [t if len(off) <= n else t[: off[n - 1][1]] for t, off in zip(capped, enc["offset_mapping"])]
 
 
-def pair_lengths(scorer: Cappy, query: str, texts: Sequence[str]) -> list[tuple[int, bool]]:
+def pair_lengths(
+    scorer: Cappy, query: str, texts: Sequence[str], direction: str | None = None
+) -> list[tuple[int, bool]]:
     """Each (query, text) pair's length in Cappy's encoding before any truncation, and whether it is only a lower
     bound (a huge text or query measured up to its cut, which is already past ``max_length``).
 
     Example: ``pair_lengths(scorer, "q", ["a", "b c"])`` -> ``[(5, False), (6, False)]`` for a BERT tokenizer
     """
-    left = scorer.instruction_truncation == "left"
+    left = (direction or scorer.instruction_truncation) == "left"
     [query], [query_cut] = cap_texts(
         scorer.tokenizer, [query], scorer.max_length, keep_end=left, chars_per_token=MEASURE_CHARS_PER_TOKEN
     )
