@@ -550,3 +550,24 @@ def test_batcher_keeps_keys_apart_and_in_order():
     asyncio.run(main())
     # one call per key, each with its jobs in arrival order; the first key's jobs first
     assert calls == [(None, ["r0", "r2", "r5"]), ("left", ["r1", "r3"]), ("right", ["r4"])]
+
+
+def test_cli_score_and_rank_take_a_truncation_direction(tiny_model_dir, tiny_scorer, tmp_path):
+    from cappy.cli import main
+    from cappy.serve.scoring import truncating
+
+    responses = ["No, fire is hot.", "Yes."]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"instruction": LONG, "response": responses[0], "candidates": responses}) + "\n")
+    got = {}
+    for d in ("left", "right"):
+        for cmd in ("score", "rank"):
+            out = tmp_path / f"{cmd}-{d}.jsonl"
+            args = [cmd, "--model", str(tiny_model_dir("bert")), "--device", "cpu", "--dtype", "float32"]
+            assert main([*args, "--input", str(inp), "--output", str(out), "--truncation-direction", d]) == 0
+            got[cmd, d] = json.loads(out.read_text())
+    for d in ("left", "right"):
+        expected = truncating(tiny_scorer, d).score([LONG] * 2, responses)
+        assert_scores_close([got["score", d]["score"]], expected[:1])  # another batch width: float32 rounding
+        assert_scores_close(got["rank", d]["scores"], expected)
+    assert abs(got["score", "left"]["score"] - got["score", "right"]["score"]) > 1e-3

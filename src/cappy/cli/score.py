@@ -22,6 +22,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="max tokens per pair (default: the checkpoint's own, 128 for cappy-mini; 512 if it declares none)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="max pairs per forward pass")
+    p.add_argument(
+        "--truncation-direction",
+        choices=["right", "left"],
+        default=None,
+        help="which end of a too-long instruction is cut: right (its end) or left (its start, keeping a question at "
+        "the end of a long few-shot prompt) (default: the checkpoint's, right unless it declares left)",
+    )
     p.add_argument("--input", default="-", help="JSONL file, or - for stdin")
     p.add_argument("--output", default="-", help="JSONL file (written atomically), or - for stdout")
     p.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines instead of stopping")
@@ -74,7 +81,12 @@ def _load(args: argparse.Namespace) -> Any:
     quiet_libraries(args.verbose)
     device = process_device(args.device)  # under accelerate/torchrun: this process's own device
     return Cappy.from_pretrained(
-        args.model, device=device, dtype=args.dtype, max_length=args.max_length, batch_size=args.batch_size
+        args.model,
+        device=device,
+        dtype=args.dtype,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        instruction_truncation=args.truncation_direction,
     )
 
 

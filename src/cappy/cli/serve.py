@@ -10,12 +10,23 @@ DEFAULT_MODEL = "cappy-mini"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a scorer over HTTP: /score, /rerank, /v1/rerank, /best-of-n, playground")
+    p = sub.add_parser(
+        "serve",
+        help="serve a scorer over HTTP: /score, /rerank, /v1/rerank, /best-of-n, OpenAI-compatible "
+        "/v1/chat/completions (best-of-n in front of any LLM server), playground",
+    )
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory, embedded name or hub id")
     p.add_argument("--model-name", default=None, help="the name /info and /v1/rerank report (default: --model)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
     p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     p.add_argument("--max-length", type=int, default=None, help="max tokens per pair (default: the checkpoint's)")
+    p.add_argument(
+        "--truncation-direction",
+        choices=["right", "left"],
+        default=None,
+        help="which end of a too-long instruction is cut: right (its end) or left (its start, keeping a question at "
+        "the end of a long prompt); requests may say otherwise (default: the checkpoint's, right unless it declares)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="max pairs per forward pass")
     p.add_argument(
         "--max-tokens-per-batch",
@@ -64,6 +75,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "keeps its first n candidates, or adds samples",
     )
     g.add_argument("--gen-seed", type=int, default=0, help="base seed of the samples")
+    u = p.add_argument_group("upstream (/v1/chat/completions and /v1/completions: best-of-n for any LLM server)")
+    u.add_argument(
+        "--upstream",
+        default=None,
+        metavar="URL",
+        help="an OpenAI-compatible server including /v1 (vLLM, llama.cpp server, Ollama, TGI, a hosted API) to sample "
+        "candidates from; without it those endpoints use --generator",
+    )
+    u.add_argument(
+        "--upstream-api-key", default=None, help="the upstream's key (default: $CAPPY_UPSTREAM_API_KEY; none sent)"
+    )
+    u.add_argument("--upstream-model", default=None, help="for requests naming no model (default: its first listed)")
+    u.add_argument("--upstream-timeout", type=float, default=120.0, help="seconds for one upstream call")
+    u.add_argument(
+        "--upstream-retries",
+        type=int,
+        default=2,
+        help="retries of a call that timed out, failed to connect or got 5xx",
+    )
+    u.add_argument("--upstream-concurrency", type=int, default=16, help="upstream calls in flight at once, at most")
+    u.add_argument("--best-of", type=int, default=4, help="candidates per request that sends no best_of (default 4)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run_serve)
 
@@ -79,7 +111,20 @@ def run_serve(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 2**20),
         api_key=args.api_key,
         model_name=args.model_name or str(args.model),
+        best_of=args.best_of,
     )
+    upstream = None
+    if args.upstream:
+        from cappy.serve import UpstreamConfig
+
+        upstream = UpstreamConfig(
+            args.upstream,
+            api_key=args.upstream_api_key,
+            model=args.upstream_model,
+            timeout=args.upstream_timeout,
+            max_retries=args.upstream_retries,
+            concurrency=args.upstream_concurrency,
+        )
     quiet_libraries(args.verbose or args.log_level == "debug", llama=args.generator == "llamacpp")
     generator = name = None
     if args.generator:
@@ -106,5 +151,7 @@ def run_serve(args: argparse.Namespace) -> int:
         seed=args.gen_seed,
         log_level=args.log_level,
         graceful_timeout=args.graceful_timeout,
+        upstream=upstream,
+        truncation_direction=args.truncation_direction,
     )
     return 0

@@ -12,7 +12,7 @@ import uvicorn
 from cappy.generate import DEFAULT_RECIPE
 from cappy.model import Cappy, resolve_device
 from cappy.serve.app import create_app
-from cappy.serve.config import ServeConfig, with_env_api_key
+from cappy.serve.config import ServeConfig, UpstreamConfig, with_env_api_key
 
 CPU_TOKEN_BUDGET = 2048  # small length-sorted batches waste less padding on a micro-batch of mixed lengths
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -40,9 +40,14 @@ def serve(
     seed: int = 0,
     log_level: str = "info",
     graceful_timeout: float = 30.0,
+    upstream: UpstreamConfig | None = None,
+    truncation_direction: str | None = None,
 ) -> None:
     """Serve ``model`` on ``host:port``. On CPU, torch gets one thread less than its default (at least 1), leaving
     a core to the HTTP side, and forward batches a budget of :data:`CPU_TOKEN_BUDGET` tokens, unless given.
+    ``upstream``: the OpenAI-compatible server /v1/chat/completions and /v1/completions sample from.
+    ``truncation_direction``: which end of a too-long instruction is cut, unless a request says (None: the
+    checkpoint's own, "right" unless it declares "left").
     Example: ``serve("cappy-mini", ServeConfig(api_key="s3cret"), port=8080)``
     """
     config = with_env_api_key(config)
@@ -61,12 +66,27 @@ def serve(
         torch.set_num_threads(threads)
     budget = max_tokens_per_batch if max_tokens_per_batch is not None else (CPU_TOKEN_BUDGET if on_cpu else 16384)
     scorer = Cappy.from_pretrained(
-        model, device=device, dtype=dtype, max_length=max_length, batch_size=batch_size, max_tokens_per_batch=budget
+        model,
+        device=device,
+        dtype=dtype,
+        max_length=max_length,
+        batch_size=batch_size,
+        max_tokens_per_batch=budget,
+        instruction_truncation=truncation_direction,
     )
     if generator is not None and generator_name is None:
         generator_name = getattr(generator, "model_id", type(generator).__name__)
-    app = create_app(scorer, config, generator=generator, generator_name=generator_name, recipe=recipe, seed=seed)
+    app = create_app(
+        scorer, config, generator=generator, generator_name=generator_name, recipe=recipe, seed=seed, upstream=upstream
+    )
     print(f"cappy serve: {scorer!r} on http://{host}:{port}", file=sys.stderr, flush=True)
+    if upstream is not None:
+        print(
+            f"cappy serve: /v1/chat/completions and /v1/completions pick the best of {config.best_of} candidates "
+            f"from {upstream.url}",
+            file=sys.stderr,
+            flush=True,
+        )
     # uvicorn turns SIGTERM into a graceful shutdown, then re-raises it; this handler makes that a clean exit.
     signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
