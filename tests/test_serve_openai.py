@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +23,8 @@ import pytest
 from cappy.chat import flatten_prompt
 from cappy.serve import MicroBatcher, ServeConfig, UpstreamConfig, create_app
 from cappy.serve.openai_schemas import ChatCompletionResponse, CompletionResponse, ModelList
-from test_serve import TinyGenerator, running
+from llama_server import free_port, llama_server
+from test_serve import TinyGenerator, running, wait_for
 from tolerances import assert_scores_close
 
 openai = pytest.importorskip("openai")
@@ -127,12 +131,6 @@ class FakeUpstream:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -571,3 +569,153 @@ def test_cli_score_and_rank_take_a_truncation_direction(tiny_model_dir, tiny_sco
         assert_scores_close([got["score", d]["score"]], expected[:1])  # another batch width: float32 rounding
         assert_scores_close(got["rank", d]["scores"], expected)
     assert abs(got["score", "left"]["score"] - got["score", "right"]["score"]) > 1e-3
+
+
+# ---------------------------------------------------------------------- a real llama.cpp server upstream
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory):
+    """The real upstream: ``python -m cappy.generate.llama_server`` serving Gemma 3 270M on 127.0.0.1."""
+    with llama_server(tmp_path_factory.mktemp("gemma")) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def gemma_proxy(gemma, tiny_scorer):
+    with proxy(tiny_scorer, gemma, timeout=120) as (base, _):
+        yield base
+
+
+def _assert_pick_is_cappys_choice(scorer, instruction, out, texts):
+    """The chosen text is what ``Cappy.choose`` picks offline, unless two scores are closer than float32 rounding
+    between the micro-batched and the offline pass (then either may win)."""
+    offline = scorer.score([instruction] * len(texts), texts)
+    assert_scores_close([c["score"] for c in out.cappy_candidates], offline)  # micro-batched: float32 rounding
+    choice = out.choices[0]
+    chosen = choice.message.content if hasattr(choice, "message") else choice.text
+    assert chosen == texts[choice.cappy_candidate]
+    ranked = np.sort(offline)[::-1]
+    if len(ranked) == 1 or ranked[0] - ranked[1] > 1e-3:  # 1e-3: far above the 1e-4 of assert_scores_close
+        assert chosen == texts[scorer.choose(instruction, texts)]
+
+
+def test_real_upstream_chat_n2_and_usage(gemma, gemma_proxy, tiny_scorer):
+    direct = openai.OpenAI(base_url=gemma, api_key="unused", max_retries=0)
+    one = direct.chat.completions.create(model="gemma", messages=QUESTION, max_tokens=1, temperature=0)
+    out = sdk(gemma_proxy).chat.completions.create(
+        model="gemma",
+        messages=QUESTION,
+        max_tokens=8,
+        temperature=0.9,
+        seed=1,
+        n=2,
+        extra_body={"best_of": 3, "return_candidates": True},
+    )
+    texts = [c["text"] for c in out.cappy_candidates]
+    assert len(texts) == out.cappy_candidates_received == 3
+    _assert_pick_is_cappys_choice(tiny_scorer, flatten_prompt(QUESTION), out, texts)
+    assert [c.cappy_score for c in out.choices] == sorted((c["score"] for c in out.cappy_candidates), reverse=True)[:2]
+    assert out.choices[1].message.content == texts[out.choices[1].cappy_candidate]
+    # usage: the same prompt three times, and each candidate's tokens (8 for those cut by max_tokens)
+    assert out.usage.prompt_tokens == 3 * one.usage.prompt_tokens
+    cut = sum(c["finish_reason"] == "length" for c in out.cappy_candidates)
+    assert 8 * cut + (3 - cut) <= out.usage.completion_tokens <= 24
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    assert out.model == "gemma" and [m.id for m in sdk(gemma_proxy).models.list().data] == ["gemma"]
+
+
+def test_real_upstream_completions_and_streaming(gemma_proxy, tiny_scorer):
+    client = sdk(gemma_proxy)
+    prompt = "Question: What is the capital of France?\nAnswer:"
+    out = client.completions.create(
+        model="gemma", prompt=prompt, max_tokens=8, best_of=2, seed=4, extra_body={"return_candidates": True}
+    )
+    texts = [c["text"] for c in out.cappy_candidates]
+    _assert_pick_is_cappys_choice(tiny_scorer, prompt, out, texts)
+    chunks = list(
+        client.chat.completions.create(
+            model="gemma",
+            messages=QUESTION,
+            max_tokens=8,
+            seed=9,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"best_of": 2, "return_candidates": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    final = chunks[-2]
+    scores = [c["score"] for c in final.cappy_candidates]
+    assert text == final.cappy_candidates[int(np.argmax(scores))]["text"]
+    assert final.choices[0].finish_reason in ("stop", "length") and final.choices[0].cappy_score == max(scores)
+    assert chunks[-1].usage.completion_tokens >= 2 and chunks[-1].choices == []
+
+
+def test_real_upstream_killed_mid_test(tiny_scorer, tmp_path):
+    with llama_server(tmp_path) as (url, proc), proxy(tiny_scorer, url, timeout=60) as (base, _):
+        client = sdk(base)
+        assert client.chat.completions.create(
+            model="gemma", messages=QUESTION, max_tokens=4, extra_body={"best_of": 1}
+        )
+        answers: list = []
+
+        def ask():
+            try:
+                answers.append(
+                    client.chat.completions.create(
+                        model="gemma", messages=QUESTION, max_tokens=200, extra_body={"best_of": 2}
+                    )
+                )
+            except openai.APIStatusError as err:
+                answers.append(err)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        time.sleep(1.5)  # the upstream is generating the first candidate
+        proc.kill()
+        asking.join(60)
+        err = answers[0]
+        assert isinstance(err, openai.APIStatusError) and err.status_code in (502, 503), err
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(model="gemma", messages=QUESTION, max_tokens=4)
+        assert info.value.status_code == 503 and info.value.body["code"] == "upstream_unavailable"
+        assert "cannot reach the upstream" in info.value.body["message"]
+        with pytest.raises(openai.APIStatusError, match="cannot reach"):
+            client.models.list()
+        r = httpx.post(f"{base}/score", json={"pairs": [{"instruction": "2+2?", "response": "4"}]})
+        assert r.status_code == 200  # the scorer keeps serving
+        assert httpx.get(f"{base}/health").json() == {"status": "ok"}
+
+
+def test_cli_serve_upstream(gemma, tiny_model_dir, tiny_scorer):
+    port = free_port()
+    cmd = [sys.executable, "-m", "cappy", "serve", "--model", str(tiny_model_dir("bert")), "--device", "cpu"]
+    cmd += ["--port", str(port), "--num-threads", "1", "--log-level", "warning", "--upstream", gemma, "--best-of", "2"]
+    cmd += ["--upstream-retries", "0", "--truncation-direction", "left"]
+    env = {k: v for k, v in os.environ.items() if k not in ("CAPPY_API_KEY", "CAPPY_UPSTREAM_API_KEY")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                return httpx.get(f"{base}/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout=120, what="cappy serve --upstream to start")
+        out = sdk(base).chat.completions.create(model="gemma", messages=QUESTION, max_tokens=4, seed=2)
+        assert out.cappy_best_of == 2 == out.cappy_candidates_received and out.choices[0].message.content is not None
+        info = httpx.get(f"{base}/info").json()
+        assert info["upstream"] == gemma and info["limits"]["best_of"] == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0
