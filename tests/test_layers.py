@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Lowest first. A module may import its own layer and the layers below it. The package root `cappy` is a facade
 # (lazy `Cappy`, `adapt`, `best_of_n`) and is left out of the layer rule, not of the circle check.
 LAYERS = [
-    ("io", "paths", "logs", "config", "chat"),
+    ("errors", "io", "paths", "logs", "config", "chat"),
     ("model", "metrics"),
     ("data",),
     ("generate",),

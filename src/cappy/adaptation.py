@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cappy.config import ConfigError, JobConfig, setting
+from cappy.errors import InputError, InputTypeError
 from cappy.generate.base import DEFAULT_RECIPE, Candidate, Generator
 from cappy.generate.source import BACKENDS, CandidateSource, load_generator
 from cappy.train.config import TrainConfig, adaptation_settings  # settings only: no torch
@@ -48,12 +49,12 @@ class AdaptExample:
     def __post_init__(self) -> None:
         at = f"{self.where}: " if self.where else ""
         if not isinstance(self.instruction, str) or not self.instruction.strip():
-            raise ValueError(f"{at}the instruction must be a non-empty string")
+            raise InputError(f"{at}the instruction must be a non-empty string")
         refs = [self.references] if isinstance(self.references, str) else self.references
         if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
-            raise ValueError(f"{at}references must be a string or a non-empty list of strings")
+            raise InputError(f"{at}references must be a string or a non-empty list of strings")
         if not any(r.strip() for r in refs):
-            raise ValueError(f"{at}every reference is empty")
+            raise InputError(f"{at}every reference is empty")
         self.references = list(refs)
 
 
@@ -171,16 +172,16 @@ def as_examples(examples: Sequence[Any]) -> list[AdaptExample]:
             instr = next((ex[k] for k in ("instruction", "prompt", "input") if k in ex), None)
             refs = next((ex[k] for k in ("references", "reference", "targets", "target") if k in ex), None)
             if instr is None or refs is None:
-                raise ValueError(
+                raise InputError(
                     f"{where}: needs an 'instruction' (or 'prompt') and 'references' field, has {sorted(ex)}"
                 )
             out.append(AdaptExample(instr, refs, id=ex.get("id"), where=where))
         elif hasattr(ex, "input") and hasattr(ex, "references"):
             out.append(AdaptExample(ex.input, list(ex.references), where=getattr(ex, "where", "") or where))
         else:
-            raise TypeError(f"{where}: cannot read a training example from a {type(ex).__name__}")
+            raise InputTypeError(f"{where}: cannot read a training example from a {type(ex).__name__}")
     if not out:
-        raise ValueError("adaptation needs at least one training example")
+        raise InputError("adaptation needs at least one training example")
     return out
 
 
@@ -204,13 +205,13 @@ def read_examples(
             row = {instruction_field: row["inputs"], references_field: row["targets"]}
         for name in (instruction_field, references_field):
             if name not in row:
-                raise ValueError(f"{where}: missing field {name!r} (has {sorted(row)})")
+                raise InputError(f"{where}: missing field {name!r} (has {sorted(row)})")
         pid = row.get(id_field)
         out.append(
             AdaptExample(row[instruction_field], row[references_field], str(pid) if pid is not None else None, where)
         )
     if not out:
-        raise ValueError(f"{source}: no training examples")
+        raise InputError(f"{source}: no training examples")
     return out
 
 
@@ -221,7 +222,7 @@ def _metric(metric: str | Metric) -> Metric:
         from cappy.metrics import rouge_l
 
         return rouge_l
-    raise ValueError(f"unknown metric {metric!r}; use 'rouge_l' or a callable (text, references) -> float")
+    raise InputError(f"unknown metric {metric!r}; use 'rouge_l' or a callable (text, references) -> float")
 
 
 def adaptation_pairs(
@@ -241,9 +242,9 @@ def adaptation_pairs(
     ``adaptation_pairs([AdaptExample("Q: 2+2?", ["4"])], [[cand]])[0]["label"]``
     """
     if len(examples) != len(candidates):
-        raise ValueError(f"{len(examples)} examples but {len(candidates)} candidate lists")
+        raise InputError(f"{len(examples)} examples but {len(candidates)} candidate lists")
     if isinstance(mismatched, bool) or not isinstance(mismatched, int) or mismatched < 0:
-        raise ValueError(f"mismatched must be a whole number >= 0, got {mismatched!r}")
+        raise InputError(f"mismatched must be a whole number >= 0, got {mismatched!r}")
     score = _metric(metric)
     rows = []
     pool = [(i, r) for i, ex in enumerate(examples) for r in dict.fromkeys(ex.references) if r.strip()]
@@ -256,7 +257,7 @@ def adaptation_pairs(
         for c in cands:
             label = float(score(c.text, ex.references))
             if not 0.0 <= label <= 1.0:
-                raise ValueError(f"metric gave {label} for a candidate; labels must be in [0, 1]")
+                raise InputError(f"metric gave {label} for a candidate; labels must be in [0, 1]")
             rows.append({**base, "response": c.text, "label": label, "source": "llm"})
         if mismatched:
             own = set(ex.references) | {c.text for c in cands}
@@ -294,10 +295,12 @@ def generator_factory(generator: Any, model: str | None = None, options: dict[st
     model loads only when candidates are missing; a :class:`Generator` or a factory as it is; None for None."""
     if isinstance(generator, str):
         if generator not in BACKENDS:
-            raise ValueError(f"unknown generation backend {generator!r}; choose from {list(BACKENDS)}")
+            raise InputError(f"unknown generation backend {generator!r}; choose from {list(BACKENDS)}")
         return lambda: load_generator(generator, model, **(options or {}))
     if generator is not None and not (isinstance(generator, Generator) or callable(generator)):
-        raise TypeError(f"generator must be a backend name, a Generator or a factory, got {type(generator).__name__}")
+        raise InputTypeError(
+            f"generator must be a backend name, a Generator or a factory, got {type(generator).__name__}"
+        )
     return generator
 
 
@@ -309,7 +312,7 @@ def _candidate_source(cfg: AdaptConfig) -> CandidateSource | list[list[Candidate
         return list(candidates)
     gen = generator_factory(cfg.generator, cfg.gen_model, cfg.generator_options)
     if candidates is None and gen is None:
-        raise ValueError("adaptation needs candidates: a generation cache, a CandidateSource or a generator")
+        raise InputError("adaptation needs candidates: a generation cache, a CandidateSource or a generator")
     return CandidateSource(
         cfg.recipe, cache=candidates, generator=gen, seed=cfg.gen_seed, show_progress=cfg.show_progress
     )

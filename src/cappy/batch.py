@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cappy.errors import InputError
 from cappy.io import atomic_write, dumps, iter_jsonl
 
 PAIRS_PER_CHUNK = 2048  # pairs (rows, or a rank row's candidates) per scoring call: bounds memory on huge files
@@ -33,16 +34,16 @@ PAIRS_PER_CHUNK = 2048  # pairs (rows, or a rank row's candidates) per scoring c
 
 def _field(row: dict[str, Any], name: str, kind: type) -> Any:
     if name not in row:
-        raise ValueError(f"missing field {name!r}")
+        raise InputError(f"missing field {name!r}")
     value = row[name]
     if not isinstance(value, kind):
-        raise ValueError(f"field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+        raise InputError(f"field {name!r} must be {kind.__name__}, got {type(value).__name__}")
     if kind is list:
         if not value:
-            raise ValueError(f"field {name!r} is an empty list")
+            raise InputError(f"field {name!r} is an empty list")
         for i, v in enumerate(value):
             if not isinstance(v, str):
-                raise ValueError(f"{name}[{i}] must be str, got {type(v).__name__}")
+                raise InputError(f"{name}[{i}] must be str, got {type(v).__name__}")
     return value
 
 
@@ -54,17 +55,17 @@ def _valid_rows(
             values = [_field(row, name, kind) for name, kind in fields]
         except ValueError as err:
             if not skip_bad_lines:
-                raise ValueError(f"{path}:{lineno}: {err}") from None
+                raise InputError(f"{path}:{lineno}: {err}") from None
             stats["bad_lines"] += 1
             continue
         yield row, values
 
 
-def _no_rows(path: str, stats: dict[str, int]) -> ValueError:
+def _no_rows(path: str, stats: dict[str, int]) -> InputError:
     name = "<stdin>" if str(path) == "-" else str(path)
     if stats.get("bad_lines"):
-        return ValueError(f"{name}: no valid rows ({stats['bad_lines']} bad lines skipped); nothing written")
-    return ValueError(f"{name}: the input is empty (no JSONL rows); nothing written")
+        return InputError(f"{name}: no valid rows ({stats['bad_lines']} bad lines skipped); nothing written")
+    return InputError(f"{name}: the input is empty (no JSONL rows); nothing written")
 
 
 def check_input(path: str | os.PathLike, fields: list[tuple[str, type]], skip_bad_lines: bool = False) -> None:
@@ -78,9 +79,9 @@ def check_input(path: str | os.PathLike, fields: list[tuple[str, type]], skip_ba
         return
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"{path}: no such input file")
+        raise InputError(f"{path}: no such input file")
     if p.is_dir():
-        raise ValueError(f"{path}: is a folder, not a JSONL file")
+        raise InputError(f"{path}: is a folder, not a JSONL file")
     stats: dict[str, int] = {"bad_lines": 0}
     if next(_valid_rows(path, fields, skip_bad_lines, stats), None) is None:
         raise _no_rows(path, stats)
@@ -303,10 +304,10 @@ def read_prompts(
         prompt = row.get(prompt_field)
         if not isinstance(prompt, str):
             got = "missing" if prompt_field not in row else f"a {type(prompt).__name__}"
-            raise ValueError(f"{path}:{lineno}: field {prompt_field!r} must be a string, it is {got}")
+            raise InputError(f"{path}:{lineno}: field {prompt_field!r} must be a string, it is {got}")
         pid = row.get(id_field)
         if pid is not None and (isinstance(pid, bool) or not isinstance(pid, str | int)):
-            raise ValueError(f"{path}:{lineno}: field {id_field!r} must be a string or int")
+            raise InputError(f"{path}:{lineno}: field {id_field!r} must be a string or int")
         out.append((lineno, prompt, str(pid) if pid is not None else None, row))
     return out
 
@@ -317,7 +318,7 @@ def _references(path: str | Path, lineno: int, row: dict[str, Any], field: str) 
     refs = row[field]
     refs = [refs] if isinstance(refs, str) else refs
     if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
-        raise ValueError(f"{path}:{lineno}: field {field!r} must be a string or a non-empty list of strings")
+        raise InputError(f"{path}:{lineno}: field {field!r} must be a string or a non-empty list of strings")
     return refs
 
 
@@ -348,14 +349,14 @@ def boost_jsonl(
     refs = [_references(input, ln, row, references_field) for ln, _, _, row in rows]
     have = [r is not None for r in refs]
     if any(have) and not all(have):
-        raise ValueError(
+        raise InputError(
             f"{input}:{rows[have.index(False)][0]}: field {references_field!r} is missing (other rows have it)"
         )
     references = refs if rows and all(have) else None
     if references is None and any(s.startswith("oracle:") for s in strategies):
-        raise ValueError(f"oracle strategies need references: rows of {input} have no {references_field!r}")
+        raise InputError(f"oracle strategies need references: rows of {input} have no {references_field!r}")
     if "cappy" in strategies and scorer is None:
-        raise ValueError("strategy 'cappy' needs a scorer")
+        raise InputError("strategy 'cappy' needs a scorer")
     try:
         cands = candidates.get([p for _, p, _, _ in rows], [i for _, _, i, _ in rows])
     finally:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from cappy.errors import InputError
 from cappy.generate.base import DEFAULT_RECIPE, Candidate, Generator, Recipe, derive_seed, load_recipe, prompt_id_of
 from cappy.metrics import rouge_l
 
@@ -80,9 +81,9 @@ def check_strategy(strategy: str) -> str:
         return strategy
     if kind in ("oracle", "consensus") and arg:
         if arg not in METRICS:
-            raise ValueError(f"unknown metric {arg!r} in {strategy!r}; known: {sorted(METRICS)}")
+            raise InputError(f"unknown metric {arg!r} in {strategy!r}; known: {sorted(METRICS)}")
         return strategy
-    raise ValueError(
+    raise InputError(
         f"unknown strategy {strategy!r}; use cappy, first:<decoding>, self_score_sum, self_score_mean, random "
         "oracle:<metric> or consensus:<metric>"
     )
@@ -121,10 +122,10 @@ def select(
     """
     check_strategy(strategy)
     if not candidates:
-        raise ValueError(f"no candidates to select from for prompt {prompt[:60]!r}")
+        raise InputError(f"no candidates to select from for prompt {prompt[:60]!r}")
     if strategy == "cappy":
         if scores is None or len(scores) != len(candidates):
-            raise ValueError("strategy 'cappy' needs one score per candidate")
+            raise InputError("strategy 'cappy' needs one score per candidate")
         return _argmax_first(scores)
     if strategy == "random":
         return random.Random(derive_seed(seed, "random", prompt)).randrange(len(candidates))
@@ -132,20 +133,20 @@ def select(
         key = "logprob_sum" if strategy == "self_score_sum" else "logprob_mean"
         values = [getattr(c, key) for c in candidates]
         if any(v is None for v in values):
-            raise ValueError(f"strategy {strategy!r} needs log-probabilities; this backend's candidates have none")
+            raise InputError(f"strategy {strategy!r} needs log-probabilities; this backend's candidates have none")
         return _argmax_first(values)
     kind, _, arg = strategy.partition(":")
     if kind == "first":
         matches = [i for i, c in enumerate(candidates) if c.decoding == arg]
         if not matches:
             names = sorted({c.decoding for c in candidates})
-            raise ValueError(f"strategy {strategy!r}: no candidate from decoding {arg!r}; decodings here: {names}")
+            raise InputError(f"strategy {strategy!r}: no candidate from decoding {arg!r}; decodings here: {names}")
         return min(matches, key=lambda i: candidates[i].sample_index)
     metric = METRICS[arg]
     if kind == "consensus":
         return _argmax_first(consensus_scores([c.text for c in candidates], metric))
     if references is None:
-        raise ValueError(f"strategy {strategy!r} needs references")
+        raise InputError(f"strategy {strategy!r} needs references")
     return _argmax_first([metric(c.text, references) for c in candidates])
 
 
@@ -165,19 +166,19 @@ def boost_candidates(
     """
     strategies = [check_strategy(s) for s in strategies]
     if not strategies:
-        raise ValueError("give at least one strategy")
+        raise InputError("give at least one strategy")
     if len(candidates) != len(prompts):
-        raise ValueError(f"got {len(prompts)} prompts but {len(candidates)} candidate lists")
+        raise InputError(f"got {len(prompts)} prompts but {len(candidates)} candidate lists")
     if references is not None and len(references) != len(prompts):
-        raise ValueError(f"got {len(prompts)} prompts but {len(references)} references")
+        raise InputError(f"got {len(prompts)} prompts but {len(references)} references")
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
+        raise InputError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
     for i, cs in enumerate(candidates):
         if not cs:
-            raise ValueError(f"prompt {i} ({prompts[i][:60]!r}) has no candidates")
+            raise InputError(f"prompt {i} ({prompts[i][:60]!r}) has no candidates")
     need_scores = "cappy" in strategies
     if need_scores and scorer is None:
-        raise ValueError("strategy 'cappy' needs a scorer")
+        raise InputError("strategy 'cappy' needs a scorer")
     pbar = None
     if show_progress:
         from tqdm.auto import tqdm

@@ -25,15 +25,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cappy.errors import InputError
+
 #: a prompt or completion: a string, or a list of ``{"role", "content"}`` messages
 TextOrMessages = str | Sequence[Mapping[str, Any]]
 
 
 def _content(message: Any, where: str) -> str:
     if not isinstance(message, Mapping):
-        raise ValueError(f"{where} must be a {{'role', 'content'}} message dict, got {type(message).__name__}")
+        raise InputError(f"{where} must be a {{'role', 'content'}} message dict, got {type(message).__name__}")
     if not isinstance(message.get("role"), str) or not message["role"]:
-        raise ValueError(f"{where} has no 'role' (a message is a {{'role', 'content'}} dict): {str(message)[:200]}")
+        raise InputError(f"{where} has no 'role' (a message is a {{'role', 'content'}} dict): {str(message)[:200]}")
     content = message.get("content")
     if isinstance(content, str):
         return content
@@ -46,18 +48,18 @@ def _content(message: Any, where: str) -> str:
                 texts.append(part["text"])
             else:
                 kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-                raise ValueError(f"{where} content part {j} is {kind!r}, not text: Cappy scores text only")
+                raise InputError(f"{where} content part {j} is {kind!r}, not text: Cappy scores text only")
         return "\n".join(texts)
     if content is None:
-        raise ValueError(f"{where} has no 'content': {str(message)[:200]}")
-    raise ValueError(f"{where} content must be a str or a list of text parts, got {type(content).__name__}")
+        raise InputError(f"{where} has no 'content': {str(message)[:200]}")
+    raise InputError(f"{where} content must be a str or a list of text parts, got {type(content).__name__}")
 
 
 def _messages(value: Any, where: str) -> list[Mapping[str, Any]]:
     if isinstance(value, Mapping) or not isinstance(value, Sequence) or isinstance(value, bytes | bytearray):
-        raise ValueError(f"{where} must be a str or a list of messages, got {type(value).__name__}")
+        raise InputError(f"{where} must be a str or a list of messages, got {type(value).__name__}")
     if not value:
-        raise ValueError(f"{where} is an empty list of messages")
+        raise InputError(f"{where} is an empty list of messages")
     return list(value)
 
 
@@ -92,5 +94,5 @@ def flatten_completion(completion: TextOrMessages) -> str:
     contents = [_content(m, f"completion message {i}") for i, m in enumerate(messages)]
     roles = [m["role"] for m in messages]
     if "assistant" not in roles:
-        raise ValueError(f"a completion has no assistant message (roles {roles}); Cappy scores the assistant's text")
+        raise InputError(f"a completion has no assistant message (roles {roles}); Cappy scores the assistant's text")
     return "\n".join(c for r, c in zip(roles, contents) if r == "assistant" and c)

@@ -32,13 +32,15 @@ from typing import Any, ClassVar, TypeVar
 
 import yaml
 
+from cappy.errors import InputError, InputTypeError
+
 C = TypeVar("C", bound="JobConfig")
 
 # YAML 1.1 (PyYAML) reads these bare words as booleans; a string setting whose choices include one takes it back
 _YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A setting that is unknown, of the wrong type or out of range; the message names it (and its file)."""
 
 
@@ -163,7 +165,7 @@ class JobConfig:
         """``config`` (or the defaults) with ``settings`` on top: how a job function turns its keyword arguments
         into its config. Example: ``AdaptConfig.build(None, {"output_dir": "o", "lr": 1e-4}, "adapt()")``"""
         if config is not None and not isinstance(config, cls):
-            raise TypeError(f"{source}: config must be a {cls.__name__}, got {type(config).__name__}")
+            raise InputTypeError(f"{source}: config must be a {cls.__name__}, got {type(config).__name__}")
         base = config.to_dict() if config is not None else {}
         return cls.from_dict(apply_overrides(cls, base, settings, source), source=source)
 

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from cappy.errors import InputError
 
-class BadLineError(ValueError):
+
+class BadLineError(InputError):
     """A JSONL line that is not a JSON object; the message names the file and line."""
 
 

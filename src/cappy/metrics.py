@@ -7,6 +7,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from cappy.errors import InputError, InputTypeError
+
 
 @lru_cache(maxsize=1)
 def _scorer():
@@ -22,13 +24,13 @@ def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
     exactly as in the published numbers. Example: ``rouge_l("the cat sat", ["a cat sat"])`` -> 0.666...
     """
     if not isinstance(prediction, str):
-        raise TypeError(f"prediction must be a str, got {type(prediction).__name__}")
+        raise InputTypeError(f"prediction must be a str, got {type(prediction).__name__}")
     refs = [references] if isinstance(references, str) else list(references)
     if not refs:
-        raise ValueError("rouge_l needs at least one reference")
+        raise InputError("rouge_l needs at least one reference")
     for i, r in enumerate(refs):
         if not isinstance(r, str):
-            raise TypeError(f"references[{i}] must be a str, got {type(r).__name__}")
+            raise InputTypeError(f"references[{i}] must be a str, got {type(r).__name__}")
     scorer = _scorer()
     return max(scorer.score(r, prediction)["rougeL"].fmeasure for r in refs)
 
@@ -36,9 +38,9 @@ def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
 def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
     """Fraction of equal items. Example: ``accuracy([0, 1, 1], [0, 1, 0])`` -> 0.666..."""
     if len(predictions) != len(labels):
-        raise ValueError(f"predictions and labels differ in length: {len(predictions)} vs {len(labels)}")
+        raise InputError(f"predictions and labels differ in length: {len(predictions)} vs {len(labels)}")
     if len(labels) == 0:
-        raise ValueError("accuracy of an empty list is undefined")
+        raise InputError("accuracy of an empty list is undefined")
     return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from cappy.errors import InputError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="build pretraining pairs; list PromptSource templates")
@@ -117,7 +119,7 @@ def run_split(args: argparse.Namespace) -> int:
 
     caps = {name: int(n) for name, _, n in (c.rpartition("=") for c in args.cap) if name and n.isdigit()}
     if len(caps) != len(args.cap):
-        raise ValueError(f"--cap {args.cap}: each must be TASK=ROWS")
+        raise InputError(f"--cap {args.cap}: each must be TASK=ROWS")
     summary = split_pairs(args.source, args.out, SplitConfig(args.dev_fraction, args.max_dev_rows, caps, args.seed))
     print(json.dumps(summary, indent=2))
     return 0

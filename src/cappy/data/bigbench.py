@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cappy.errors import InputError
+
 DEFAULT_INPUT_PREFIX = "\nQ: "
 DEFAULT_OUTPUT_PREFIX = "\nA: "
 DEFAULT_CHOICE_PREFIX = "\n  choice: "
@@ -23,7 +25,7 @@ SPLIT_SEED = 42
 MIN_VALIDATION = 16
 
 
-class BigBenchError(ValueError):
+class BigBenchError(InputError):
     """A BIG-Bench task file that does not follow the JSON task schema; names the file and example."""
 
 
@@ -123,7 +125,7 @@ def held_aside(prompt: str, fraction: float = HELD_ASIDE_FRACTION, seed: int = 0
     Example: ``[ex for ex in train if not held_aside(ex.input)]`` -> the prompts to adapt on.
     """
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"held-aside fraction must be in [0, 1], got {fraction}")
+        raise InputError(f"held-aside fraction must be in [0, 1], got {fraction}")
     digest = hashlib.sha1(f"{seed}\x00{prompt}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 

@@ -51,6 +51,7 @@ from cappy.data.shards import (
 )
 from cappy.data.state import BuildState, Counters, Reservoir, pair_key, prompt_key
 from cappy.data.templates import Prompt, Template, TemplateError, load_templates, select_templates, template_key
+from cappy.errors import InputError
 from cappy.io import atomic_write, dumps, iter_jsonl, sha256_file
 from cappy.metrics import rouge_l
 
@@ -60,7 +61,7 @@ FORMAT_VERSION = 1
 SOURCES = ("gold", "wrong_choice", "llm", "mismatched", "hard_mismatched")
 
 
-class BuildError(ValueError):
+class BuildError(InputError):
     """Bad input met while building (a malformed line, a template that fails); names the file and line."""
 
 
@@ -501,7 +502,7 @@ def export_prompts(
     Example: ``export_prompts("configs/mixtures/offline.yaml", "runs/prompts.jsonl", free_text_only=True)``
     """
     if sample is not None and sample < 1:
-        raise ValueError(f"sample must be a positive number of prompts, got {sample}")
+        raise InputError(f"sample must be a positive number of prompts, got {sample}")
     from tqdm.auto import tqdm
 
     mix = mixture if isinstance(mixture, Mixture) else Mixture.from_yaml(mixture)

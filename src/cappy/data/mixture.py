@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from cappy.data.readers import HUB_PREFIX
+from cappy.errors import InputError
 
 # Evaluation-only families (NLI, coreference, word sense, sentence completion, bias probes) and the same
 # data under other names. A dataset matches an entry when its name equals it or extends it by "/" or ".".
@@ -53,7 +54,7 @@ HELDOUT_ALIASES = {
 }
 
 
-class MixtureError(ValueError):
+class MixtureError(InputError):
     """A mixture file that is malformed or asks for something impossible; the message says where and what."""
 
 

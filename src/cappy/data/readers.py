@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cappy.errors import InputError
 from cappy.io import iter_jsonl
 
 HUB_PREFIX = "hub:"
@@ -20,7 +21,7 @@ _JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 _CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 
 
-class ReaderError(ValueError):
+class ReaderError(InputError):
     """A source that cannot be read; the message names the file (and line or row) and the problem."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cappy.errors import InputError
 from cappy.io import atomic_write, dumps
 
 
@@ -39,7 +40,7 @@ def split_pairs(source: str | Path, out: str | Path, cfg: SplitConfig) -> dict[s
     import pyarrow.parquet as pq
 
     if not 0 <= cfg.dev_fraction < 1:
-        raise ValueError(f"dev_fraction must be in [0, 1), got {cfg.dev_fraction}")
+        raise InputError(f"dev_fraction must be in [0, 1), got {cfg.dev_fraction}")
     src = Path(source)
     files = sorted(src.glob("shard-*.parquet")) if src.is_dir() else [src]
     if not files:
@@ -47,10 +48,10 @@ def split_pairs(source: str | Path, out: str | Path, cfg: SplitConfig) -> dict[s
     table = pa.concat_tables([pq.read_table(f) for f in files])
     for col in ("instruction", "response", "label", "task"):
         if col not in table.column_names:
-            raise ValueError(f"{src}: pairs have no column {col!r}")
+            raise InputError(f"{src}: pairs have no column {col!r}")
     unknown = set(cfg.caps) - set(table.column("task").to_pylist())
     if unknown:
-        raise ValueError(f"caps name tasks that are not in the data: {sorted(unknown)}")
+        raise InputError(f"caps name tasks that are not in the data: {sorted(unknown)}")
     h = np.array([_hash(s, cfg.seed) for s in table.column("instruction").to_pylist()], dtype=np.uint64)
     unit = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)  # uniform in [0, 1) per instruction
     task = np.array(table.column("task").to_pylist(), dtype=object)

@@ -21,6 +21,8 @@ from typing import Any
 import jinja2
 import yaml
 
+from cappy.errors import InputError
+
 SEPARATOR = "|||"
 # Stands in for "|||" inside example strings while rendering, so data can never split a prompt.
 _PIPE_GUARD = "\x00cappy-pipe\x00"
@@ -53,7 +55,7 @@ TEMPLATE_ALIASES = {
 }
 
 
-class TemplateError(ValueError):
+class TemplateError(InputError):
     """A template file or template that cannot be loaded, chosen or rendered; the message says which."""
 
 

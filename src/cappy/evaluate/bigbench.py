@@ -20,6 +20,7 @@ import numpy as np
 
 from cappy.boost import boost_candidates
 from cappy.data.bigbench import BigBenchExample, load_bigbench_task
+from cappy.errors import InputError
 from cappy.evaluate.config import SHARED, BBConfig
 from cappy.evaluate.config import BigBenchEvalConfig as BigBenchEvalConfig  # defined with the settings; also here
 
@@ -93,7 +94,7 @@ def evaluate_task(
     prompts = [ex.input for ex in examples]
     missing = [p for p in prompts if not candidates.get(p)]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"task {name}: {len(missing)} validation prompts have no candidates (first: {missing[0][:80]!r})"
         )
     cands = [candidates[p] for p in prompts]

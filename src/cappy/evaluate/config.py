@@ -59,11 +59,11 @@ class MCTask:
         Example: ``MCTask.parse("super_glue/rte=../shared/data/heldout/super_glue_rte_val.jsonl")``
         """
         if "=" not in spec:
-            raise ValueError(f"task {spec!r}: expected DATASET[/CONFIG]=PATH, e.g. super_glue/rte=rte_val.jsonl")
+            raise ConfigError(f"task {spec!r}: expected DATASET[/CONFIG]=PATH, e.g. super_glue/rte=rte_val.jsonl")
         left, path = spec.split("=", 1)
         name, _, key = left.rpartition(":") if ":" in left else ("", "", left)
         if not key or not path:
-            raise ValueError(f"task {spec!r}: empty dataset key or path")
+            raise ConfigError(f"task {spec!r}: empty dataset key or path")
         from cappy.data.templates import template_key  # loads the template library: only to run
 
         return cls(name=name or key, key=template_key(key), path=path)

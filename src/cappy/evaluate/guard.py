@@ -6,10 +6,11 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from cappy.errors import InputError
 from cappy.model.record import RECORD_FILE  # written next to a checkpoint by `cappy train`
 
 
-class ContaminationError(ValueError):
+class ContaminationError(InputError):
     """The checkpoint was trained on data of a task it is about to be evaluated on."""
 
 
@@ -27,7 +28,7 @@ def training_record(model_dir: str | Path | None) -> dict:
     try:
         return json.loads(p.read_text())
     except ValueError as err:
-        raise ValueError(f"{p}: unreadable training record ({err})") from None
+        raise InputError(f"{p}: unreadable training record ({err})") from None
 
 
 def check_contamination(model_dir: str | Path | None, tasks: Iterable[tuple[str, str, str | None]]) -> None:

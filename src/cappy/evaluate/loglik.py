@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from cappy.errors import InputError
+
 #: prompt and choice are joined with this separator (a choice is a continuation of the prompt).
 SEPARATOR = " "
 
@@ -32,7 +34,7 @@ class LogLikelihood(ABC):
     def loglik(self, prompt: str, choices: Sequence[str]) -> list[tuple[float, int]]:
         """Example: ``LlamaCppLogLik().loglik("Is the sky blue?", ["yes", "no"])`` -> ``[(-1.2, 1), (-3.4, 1)]``"""
         if not choices:
-            raise ValueError("loglik needs at least one choice")
+            raise InputError("loglik needs at least one choice")
         return self._loglik(prompt, choices)
 
 
@@ -145,7 +147,7 @@ class HFLogLik(LogLikelihood):
         else:
             self.model_id = getattr(model.config, "_name_or_path", None) or type(model).__name__
         if tokenizer is None:
-            raise ValueError("HFLogLik needs a tokenizer when given a model object")
+            raise InputError("HFLogLik needs a tokenizer when given a model object")
         self.model = model.to(device).eval()
         self.tok = tokenizer
         self.device = device

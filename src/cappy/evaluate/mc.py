@@ -18,6 +18,7 @@ import numpy as np
 
 from cappy.data.readers import read_examples
 from cappy.data.templates import Template, load_templates
+from cappy.errors import InputError
 from cappy.evaluate.config import DEFAULT_SUITE as DEFAULT_SUITE  # defined with the settings; also here
 from cappy.evaluate.config import METHODS, MCConfig
 from cappy.evaluate.config import SHARED as SHARED
@@ -68,7 +69,7 @@ def build_prompts(task: MCTask, cfg: MCConfig) -> tuple[list[MCPrompt], dict[str
         templates = select_templates(templates, task.templates)
     templates = pick_templates(templates, cfg.max_templates)
     if not templates:
-        raise ValueError(f"task {task.name}: no template of {task.key!r} has answer choices")
+        raise InputError(f"task {task.name}: no template of {task.key!r} has answer choices")
     examples = sample_examples(task.path, cfg.max_examples, cfg.seed)
     skipped: Counter = Counter()
     prompts: list[MCPrompt] = []
@@ -89,7 +90,7 @@ def build_prompts(task: MCTask, cfg: MCConfig) -> tuple[list[MCPrompt], dict[str
                 MCPrompt(task.name, t.name, i, p.instruction, list(p.answer_choices), p.answer_choices.index(p.target))
             )
     if not prompts:
-        raise ValueError(f"task {task.name}: no prompt rendered from {task.path} (skipped: {dict(skipped)})")
+        raise InputError(f"task {task.name}: no prompt rendered from {task.path} (skipped: {dict(skipped)})")
     info = {
         "key": task.key,
         "path": str(task.path),
@@ -188,15 +189,15 @@ def evaluate_mc(
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+        raise InputError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
     if "cappy" in methods and scorer is None:
-        raise ValueError("method 'cappy' needs a scorer (--model)")
+        raise InputError("method 'cappy' needs a scorer (--model)")
     if any(m.startswith("llm_") for m in methods) and loglik is None:
-        raise ValueError("methods llm_sum/llm_mean need an LLM (--llm)")
+        raise InputError("methods llm_sum/llm_mean need an LLM (--llm)")
     names = [t.name for t in tasks]
     dupes = [n for n, c in Counter(names).items() if c > 1]
     if dupes:
-        raise ValueError(f"task names must be unique, repeated: {dupes} (name them NAME:DATASET=PATH)")
+        raise InputError(f"task names must be unique, repeated: {dupes} (name them NAME:DATASET=PATH)")
     from tqdm.auto import tqdm
 
     all_prompts: list[MCPrompt] = []

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cappy.errors import InputError
 from cappy.io import sha256_file
 from cappy.metrics import HARD_SOURCES, pairwise_accuracy
 
@@ -58,7 +59,7 @@ def evaluate_pairs(scorer: Any, path: str | Path, batch_size: int = 64, show_pro
     pairs = read_dev(str(path))
     sources = read_column(str(path), "source")
     if sources is None:
-        raise ValueError(f"{path}: pairs need a 'source' column (gold, wrong_choice, ...) for these metrics")
+        raise InputError(f"{path}: pairs need a 'source' column (gold, wrong_choice, ...) for these metrics")
     tasks = read_column(str(path), "task")
     scores = np.asarray(
         scorer.score(pairs.instructions, pairs.responses, batch_size=batch_size, show_progress_bar=show_progress)

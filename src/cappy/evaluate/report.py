@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cappy.errors import InputError
 from cappy.io import atomic_write, dumps
 
 
@@ -155,9 +156,12 @@ def merge_reports(dirs: Sequence[str | Path]) -> str:
         p = Path(d) / "results.json"
         if not p.is_file():
             raise FileNotFoundError(f"{d}: no results.json (is it a `cappy eval` output folder?)")
-        run = json.loads(p.read_text())
-        if "methods" not in run:
-            raise ValueError(f"{p}: not a cappy results file (no 'methods')")
+        try:
+            run = json.loads(p.read_text())
+        except ValueError as err:
+            raise InputError(f"{p}: not a cappy results file (malformed JSON: {err})") from None
+        if not isinstance(run, dict) or "methods" not in run:
+            raise InputError(f"{p}: not a cappy results file (no 'methods')")
         run.setdefault("label", f"{Path(d).name} ({run.get('suite', '?')})")
         runs.append(run)
     return markdown_report(runs)

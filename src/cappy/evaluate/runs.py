@@ -13,6 +13,7 @@ from typing import Any
 
 from cappy.adaptation import adapt as adapt_scorer
 from cappy.adaptation import generator_factory
+from cappy.errors import InputError
 from cappy.evaluate.bigbench import default_tasks, evaluate_bigbench
 from cappy.evaluate.config import BigBenchEvalConfig, MCEvalConfig, PairsEvalConfig
 from cappy.evaluate.guard import check_contamination
@@ -56,10 +57,10 @@ def make_loglik(spec: str, cache: str | Path, threads: int | None = None) -> Any
         inner = LlamaCppLogLik(arg or None, n_threads=threads)
     elif kind == "hf":
         if not arg:
-            raise ValueError("llm hf:PATH needs a model path or id")
+            raise InputError("llm hf:PATH needs a model path or id")
         inner = HFLogLik(arg)
     else:
-        raise ValueError(f"llm {spec!r}: expected llamacpp[:GGUF] or hf:PATH")
+        raise InputError(f"llm {spec!r}: expected llamacpp[:GGUF] or hf:PATH")
     return CachedLogLik(inner, Path(cache))
 
 
@@ -144,7 +145,7 @@ def run_bigbench(
         candidates = _source(cfg, cfg.recipe, gens)
     if adapt_candidates is None and cfg.adapt_recipe is not None:
         if not own:
-            raise ValueError("adapt_recipe with a caller's candidates: give adapt_candidates (a CandidateSource)")
+            raise InputError("adapt_recipe with a caller's candidates: give adapt_candidates (a CandidateSource)")
         adapt_candidates = _source(cfg, cfg.adapt_recipe, candidates.cache)
     try:
         return _run_bigbench(cfg, candidates, adapt_candidates)
@@ -179,7 +180,7 @@ def _run_bigbench(cfg: BigBenchEvalConfig, candidates: Any, adapt_candidates: An
         got = candidates.get(prompts)
         models = {c.extra.get("model") for cs in got for c in cs}
         if len(models) > 1:
-            raise ValueError(
+            raise InputError(
                 f"{candidates.cache} mixes candidates of several models for task {task}: {sorted(models)}"
             )
         meta["models"].setdefault("llm", next(iter(models), None) or candidates.model_id)

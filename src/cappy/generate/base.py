@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cappy.errors import CappyError, InputError, InputTypeError
+
 logger = logging.getLogger(__name__)
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -30,8 +32,10 @@ METHODS = ("greedy", "beam", "sample")
 DEFAULT_RECIPE = "cpu8_stop"
 
 
-class GenerationError(RuntimeError):
+class GenerationError(CappyError, RuntimeError):
     """A backend failed in a way the caller should see (server unreachable, bad response, ...)."""
+
+    exit_code = 1  # `cappy`'s exit status: not a usage error
 
 
 @dataclass(frozen=True)
@@ -54,19 +58,19 @@ class Decoding:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"decoding method must be one of {METHODS}, got {self.method!r}")
+            raise InputError(f"decoding method must be one of {METHODS}, got {self.method!r}")
         if not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"decoding n must be a positive int, got {self.n!r}")
+            raise InputError(f"decoding n must be a positive int, got {self.n!r}")
         if self.method == "beam" and (not isinstance(self.num_beams, int) or self.num_beams < 1):
-            raise ValueError(f"num_beams must be a positive int, got {self.num_beams!r}")
+            raise InputError(f"num_beams must be a positive int, got {self.num_beams!r}")
         if self.method == "beam" and self.n > self.num_beams:
-            raise ValueError(f"beam search returns at most num_beams={self.num_beams} sequences, asked n={self.n}")
+            raise InputError(f"beam search returns at most num_beams={self.num_beams} sequences, asked n={self.n}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+            raise InputError(f"temperature must be > 0, got {self.temperature!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
+            raise InputError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not self.name:
             object.__setattr__(self, "name", self._default_name())
 
@@ -105,26 +109,26 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
-            raise ValueError("a recipe needs a non-empty name")
+            raise InputError("a recipe needs a non-empty name")
         object.__setattr__(self, "decodings", tuple(self.decodings))
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         if not all(isinstance(x, str) and x for x in stop):
-            raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+            raise InputError(f"stop must be a list of non-empty strings, got {self.stop!r}")
         object.__setattr__(self, "stop", stop)
         if not self.decodings:
-            raise ValueError(f"recipe {self.name!r} has no decodings")
+            raise InputError(f"recipe {self.name!r} has no decodings")
         names = [d.name for d in self.decodings]
         dupes = sorted({x for x in names if names.count(x) > 1})
         if dupes:
-            raise ValueError(f"recipe {self.name!r} repeats decoding names {dupes}; give each a distinct name")
+            raise InputError(f"recipe {self.name!r} repeats decoding names {dupes}; give each a distinct name")
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+            raise InputError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
         if not (isinstance(self.min_new_tokens, int) and 0 <= self.min_new_tokens <= self.max_new_tokens):
-            raise ValueError(f"min_new_tokens must be an int in [0, max_new_tokens], got {self.min_new_tokens!r}")
+            raise InputError(f"min_new_tokens must be an int in [0, max_new_tokens], got {self.min_new_tokens!r}")
         if not (isinstance(self.max_prompt_tokens, int) and self.max_prompt_tokens >= 1):
-            raise ValueError(f"max_prompt_tokens must be an int >= 1, got {self.max_prompt_tokens!r}")
+            raise InputError(f"max_prompt_tokens must be an int >= 1, got {self.max_prompt_tokens!r}")
         if self.truncation_side not in ("left", "right"):
-            raise ValueError(f"truncation_side must be 'left' or 'right', got {self.truncation_side!r}")
+            raise InputError(f"truncation_side must be 'left' or 'right', got {self.truncation_side!r}")
 
     @property
     def num_candidates(self) -> int:
@@ -134,7 +138,7 @@ class Recipe:
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Recipe:
         """Build from the YAML/JSON layout: ``{"name", "decodings": [{"method", ...}], "max_new_tokens", ...}``."""
         if not isinstance(data, dict):
-            raise ValueError(f"{source}: a recipe must be a mapping, got {type(data).__name__}")
+            raise InputError(f"{source}: a recipe must be a mapping, got {type(data).__name__}")
         known = {
             "name",
             "decodings",
@@ -146,22 +150,22 @@ class Recipe:
         }
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown recipe keys {unknown}; expected some of {sorted(known)}")
+            raise InputError(f"{source}: unknown recipe keys {unknown}; expected some of {sorted(known)}")
         raw = data.get("decodings")
         if not isinstance(raw, list):
-            raise ValueError(f"{source}: 'decodings' must be a list")
+            raise InputError(f"{source}: 'decodings' must be a list")
         decodings = []
         for i, d in enumerate(raw):
             if not isinstance(d, dict):
-                raise ValueError(f"{source}: decodings[{i}] must be a mapping")
+                raise InputError(f"{source}: decodings[{i}] must be a mapping")
             try:
                 decodings.append(Decoding(**d))
             except (TypeError, ValueError) as err:
-                raise ValueError(f"{source}: decodings[{i}]: {err}") from None
+                raise InputError(f"{source}: decodings[{i}]: {err}") from None
         try:
             return cls(**{**data, "decodings": tuple(decodings)})
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: {err}") from None
+            raise InputError(f"{source}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "decodings": [asdict(d) for d in self.decodings]}
@@ -182,12 +186,12 @@ def load_recipe(name_or_path: str | os.PathLike | Recipe) -> Recipe:
     if not path.is_file():
         shipped = RECIPES_DIR / f"{name_or_path}.yaml"
         if not shipped.is_file():
-            raise ValueError(f"unknown recipe {str(name_or_path)!r}: not a file and not one of {available_recipes()}")
+            raise InputError(f"unknown recipe {str(name_or_path)!r}: not a file and not one of {available_recipes()}")
         path = shipped
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
+        raise InputError(f"{path}: not valid YAML ({err})") from None
     return Recipe.from_dict(data, source=str(path))
 
 
@@ -302,7 +306,7 @@ class Generator(ABC):
             out.append(d)
         names = [d.name for d in out]
         if len(set(names)) != len(names):
-            raise ValueError(f"recipe {recipe.name!r} maps to repeated decodings {names} on {type(self).__name__}")
+            raise InputError(f"recipe {recipe.name!r} maps to repeated decodings {names} on {type(self).__name__}")
         return out
 
     def generate(
@@ -316,13 +320,13 @@ class Generator(ABC):
         """For each prompt, ``recipe.num_candidates`` candidates (fewer only where beam fell back to greedy)."""
         recipe = load_recipe(recipe)
         if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of str, got a single str")
+            raise InputTypeError("prompts must be a list of str, got a single str")
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
-                raise TypeError(f"prompts[{i}] must be a str, got {type(p).__name__}")
+                raise InputTypeError(f"prompts[{i}] must be a str, got {type(p).__name__}")
         ids = list(prompt_ids) if prompt_ids is not None else [prompt_id_of(p) for p in prompts]
         if len(ids) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(ids)} prompt_ids")
+            raise InputError(f"got {len(prompts)} prompts but {len(ids)} prompt_ids")
         plan = self.plan(recipe)
         items = list(zip(prompts, ids))
         step = max(1, self.prompts_in_flight)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cappy.errors import InputError
 from cappy.generate.base import Candidate, GenerationError, Generator, Recipe, load_recipe, prompt_id_of
 from cappy.io import dumps
 
@@ -56,10 +57,10 @@ def candidate_row(prompt_id: str, prompt: str, cand: Candidate, model: str, reci
 def _check_row(row: dict[str, Any], where: str) -> None:
     for name, kinds in FIELDS.items():
         if name not in row:
-            raise ValueError(f"{where}: missing field {name!r}")
+            raise InputError(f"{where}: missing field {name!r}")
         value = row[name]
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise ValueError(f"{where}: field {name!r} has type {type(value).__name__}")
+            raise InputError(f"{where}: field {name!r} has type {type(value).__name__}")
 
 
 def repair_torn_tail(path: str | os.PathLike) -> int:
@@ -109,9 +110,9 @@ def iter_generations(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, A
             try:
                 row = json.loads(raw)
             except ValueError as err:
-                raise ValueError(f"{where}: malformed JSONL line ({err})") from None
+                raise InputError(f"{where}: malformed JSONL line ({err})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
             _check_row(row, where)
             yield lineno, row
 
@@ -133,7 +134,7 @@ def read_generations(
             continue
         key = (row["prompt_id"], row["model"], row["recipe"], row["seed"], row["decoding"], row["sample_index"])
         if key in seen:
-            raise ValueError(f"{path}:{lineno}: duplicate candidate {key[4]}#{key[5]} for prompt {key[0]}")
+            raise InputError(f"{path}:{lineno}: duplicate candidate {key[4]}#{key[5]} for prompt {key[0]}")
         seen.add(key)
         out[row["prompt"]].append(
             Candidate(
@@ -190,7 +191,7 @@ def generate_to_cache(
                 continue
             pid = row["prompt_id"]
             if text_of.setdefault(pid, row["prompt"]) != row["prompt"]:
-                raise ValueError(f"{out}:{lineno}: prompt_id {pid!r} appears with two different prompts")
+                raise InputError(f"{out}:{lineno}: prompt_id {pid!r} appears with two different prompts")
             done[pid].add((row["decoding"], row["sample_index"]))
             stats.rows_existing += 1
 
@@ -232,7 +233,7 @@ def generate_to_cache(
             for prompt, given_id in prompts:
                 pid = given_id if given_id is not None else prompt_id_of(prompt)
                 if text_of.setdefault(pid, prompt) != prompt:
-                    raise ValueError(f"prompt id {pid!r} is used for two different prompts")
+                    raise InputError(f"prompt id {pid!r} is used for two different prompts")
                 stats.prompts += 1
                 missing = expected - done[pid]
                 if not missing or any(q[1] == pid for q in queue):

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from cappy.errors import InputError
 from cappy.generate.base import Candidate, Decoding, Generator, Recipe, derive_seed, stop_cut
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class HFGenerator(Generator):
                 tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             model_id = model_id or path
         if tokenizer is None:
-            raise ValueError("a tokenizer is needed when the model is given as an object")
+            raise InputError("a tokenizer is needed when the model is given as an object")
         self.device = resolve_device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer

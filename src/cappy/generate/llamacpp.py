@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from cappy.errors import InputError
 from cappy.generate.base import Candidate, Decoding, GenerationError, Generator, Recipe, derive_seed, stop_cut
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def llama_extra_buffers_safe() -> bool:
     if forced in ("0", "1"):
         return forced == "1"
     if forced:
-        raise ValueError(f"{EXTRA_BUFTS_ENV} must be 0 or 1, got {forced!r}")
+        raise InputError(f"{EXTRA_BUFTS_ENV} must be 0 or 1, got {forced!r}")
     import llama_cpp
 
     return "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode(errors="replace")
@@ -225,7 +226,7 @@ class LlamaCppGenerator(Generator):
         **llama_kwargs: Any,
     ) -> None:
         if not isinstance(n_parallel, int) or n_parallel < 1:
-            raise ValueError(f"n_parallel must be an int >= 1, got {n_parallel!r}")
+            raise InputError(f"n_parallel must be an int >= 1, got {n_parallel!r}")
         try:
             from llama_cpp import Llama
         except ImportError as err:
@@ -290,7 +291,7 @@ class LlamaCppGenerator(Generator):
         toks = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
         limit = min(recipe.max_prompt_tokens, self.n_ctx - recipe.max_new_tokens)
         if limit < 1:
-            raise ValueError(
+            raise InputError(
                 f"n_ctx={self.n_ctx} leaves no room for a prompt with max_new_tokens={recipe.max_new_tokens}"
             )
         if len(toks) > limit:

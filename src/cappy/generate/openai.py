@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from cappy.errors import InputError
 from cappy.generate.base import Candidate, Decoding, GenerationError, Generator, Recipe, derive_seed
 
 logger = logging.getLogger(__name__)
@@ -77,11 +78,11 @@ class OpenAIGenerator(Generator):
         extra_body: dict[str, Any] | None = None,
     ) -> None:
         if endpoint not in ("completions", "chat"):
-            raise ValueError(f"endpoint must be 'completions' or 'chat', got {endpoint!r}")
+            raise InputError(f"endpoint must be 'completions' or 'chat', got {endpoint!r}")
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+            raise InputError(f"base_url must start with http:// or https://, got {base_url!r}")
         if max_retries < 0 or timeout <= 0 or concurrency < 1:
-            raise ValueError("need max_retries >= 0, timeout > 0 and concurrency >= 1")
+            raise InputError("need max_retries >= 0, timeout > 0 and concurrency >= 1")
         openai = _import_openai()
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/{'chat/completions' if endpoint == 'chat' else 'completions'}"

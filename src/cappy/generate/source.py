@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cappy.errors import InputError, InputTypeError
 from cappy.generate.base import DEFAULT_RECIPE, Candidate, Generator, Recipe, load_recipe, prompt_id_of
 
 BACKENDS = ("llamacpp", "hf", "openai")
@@ -47,10 +48,10 @@ def load_generator(backend: str, model: str | None = None, **options: Any) -> Ge
     Example: ``load_generator("llamacpp", n_threads=1).generate(["Q: 2+2?\\nA:"], "quick")``
     """
     if backend not in OPTIONS:
-        raise ValueError(f"unknown generation backend {backend!r}; choose from {list(BACKENDS)}")
+        raise InputError(f"unknown generation backend {backend!r}; choose from {list(BACKENDS)}")
     unknown = sorted(set(options) - {k for keys in OPTIONS.values() for k in keys})
     if unknown:
-        raise TypeError(f"unknown generator option(s) {unknown}")
+        raise InputTypeError(f"unknown generator option(s) {unknown}")
     options = {k: v for k, v in options.items() if v is not None and k in OPTIONS[backend]}
     if backend == "llamacpp":
         from cappy.generate.llamacpp import LlamaCppGenerator
@@ -60,13 +61,13 @@ def load_generator(backend: str, model: str | None = None, **options: Any) -> Ge
         from cappy.generate.hf import HFGenerator
 
         if not model:
-            raise ValueError("backend 'hf' needs a model (a model directory or hub id)")
+            raise InputError("backend 'hf' needs a model (a model directory or hub id)")
         return HFGenerator(model, **options)
     from cappy.generate.openai import OpenAIGenerator
 
     base_url = options.pop("base_url", None)
     if not base_url or not model:
-        raise ValueError("backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1) and a model name")
+        raise InputError("backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1) and a model name")
     key_env = options.pop("api_key_env", "OPENAI_API_KEY")
     options.setdefault("api_key", os.environ.get(key_env) or None)
     return OpenAIGenerator(base_url, model, **options)
@@ -97,7 +98,7 @@ class CandidateSource:
         self._generator = generator if isinstance(generator, Generator) else None
         self._factory = generator if generator is not None and self._generator is None else None
         if self.cache is None and generator is None:
-            raise ValueError("a CandidateSource needs a cache file, a generator, or both")
+            raise InputError("a CandidateSource needs a cache file, a generator, or both")
         self.seed = seed
         self.show_progress = show_progress
         self._read: dict[str, list[Candidate]] | None = None
@@ -108,7 +109,9 @@ class CandidateSource:
         if self._generator is None and self._factory is not None:
             self._generator = self._factory()
             if not isinstance(self._generator, Generator):
-                raise TypeError(f"the generator factory returned a {type(self._generator).__name__}, not a Generator")
+                raise InputTypeError(
+                    f"the generator factory returned a {type(self._generator).__name__}, not a Generator"
+                )
         return self._generator
 
     @property
@@ -144,17 +147,17 @@ class CandidateSource:
         them, or when a prompt's cached candidates come from several runs (models, recipes or seeds).
         """
         if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of str, got a single str")
+            raise InputTypeError("prompts must be a list of str, got a single str")
         ids = list(prompt_ids) if prompt_ids is not None else [None] * len(prompts)
         if len(ids) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(ids)} prompt ids")
+            raise InputError(f"got {len(prompts)} prompts but {len(ids)} prompt ids")
         if recipe is not None or self.cache is None:
             gen = self.generator
             if gen is None:
-                raise ValueError("this candidate source has no generator for a recipe outside its cache")
+                raise InputError("this candidate source has no generator for a recipe outside its cache")
             use = load_recipe(recipe) if recipe is not None else self.recipe
             if use is None:
-                raise ValueError("no recipe to generate with")
+                raise InputError("no recipe to generate with")
             pids = [i if i is not None else prompt_id_of(p) for p, i in zip(prompts, ids)]
             return gen.generate(list(prompts), use, seed=self.seed, prompt_ids=pids, show_progress=self.show_progress)
         have = self._cached()
@@ -163,12 +166,12 @@ class CandidateSource:
         if missing:
             if not self.can_generate:
                 n = prompts.index(missing[0][0]) + 1
-                raise ValueError(
+                raise InputError(
                     f"{self.cache}: no candidates for {len(missing)} prompt(s) (first: prompt {n}, "
                     f"{missing[0][0][:60]!r}) and no generator to make them"
                 )
             if self.recipe is None:
-                raise ValueError(f"{self.cache}: prompts are missing; a recipe is needed to generate them")
+                raise InputError(f"{self.cache}: prompts are missing; a recipe is needed to generate them")
             from cappy.generate.cache import generate_to_cache
 
             gen = self.generator
@@ -182,7 +185,7 @@ class CandidateSource:
                 raise ValueError(f"{self.cache}: still no candidates for prompt {p[:60]!r} after generating")
             runs = {(c.extra.get("model"), c.extra.get("recipe"), c.extra.get("seed")) for c in cands}
             if len(runs) > 1:
-                raise ValueError(
+                raise InputError(
                     f"{self.cache}: prompt {p[:60]!r} has candidates from several runs {sorted(runs)}; "
                     "name the recipe, seed and generator to pick one"
                 )

@@ -43,6 +43,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from cappy.errors import CappyError, InputError
+
 try:
     import lm_eval.models  # noqa: F401  (lm-eval's own models; see register())
     from lm_eval.api.model import LM
@@ -62,7 +64,7 @@ MODEL_NAME = "cappy"
 _SETTINGS = ("pretrained", "device", "dtype", "batch_size", "max_batch_size", "max_length", "instruction_truncation")
 
 
-class CappyTaskError(NotImplementedError):
+class CappyTaskError(CappyError, NotImplementedError):
     """A request that Cappy, a scorer of (context, continuation) pairs, cannot answer (generation, perplexity)."""
 
 
@@ -82,9 +84,9 @@ def _rows_per_batch(batch_size: int | str | None, max_batch_size: int | None) ->
     try:
         rows = int(batch_size)
     except (TypeError, ValueError):
-        raise ValueError(f"batch_size must be an int, 'auto' or 'auto:N', got {batch_size!r}") from None
+        raise InputError(f"batch_size must be an int, 'auto' or 'auto:N', got {batch_size!r}") from None
     if rows < 1:
-        raise ValueError(f"batch_size must be positive, got {rows}")
+        raise InputError(f"batch_size must be positive, got {rows}")
     return rows
 
 
@@ -114,7 +116,7 @@ class CappyLM(LM):
         **unknown: Any,
     ) -> None:
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"unknown model_args for --model cappy: {', '.join(sorted(unknown))}; known: {', '.join(_SETTINGS)}"
             )
         super().__init__()
@@ -125,7 +127,7 @@ class CappyLM(LM):
             logger.info("batch_size 1 scores one pair per forward pass; --batch_size auto lets Cappy batch by length")
         if isinstance(pretrained, Cappy):
             if (device or "auto", dtype or "auto", max_length, instruction_truncation) != ("auto", "auto", None, None):
-                raise ValueError(
+                raise InputError(
                     "device, dtype, max_length and instruction_truncation apply when loading; "
                     "pass them to Cappy.from_pretrained"
                 )
@@ -138,7 +140,7 @@ class CappyLM(LM):
                 kwargs["instruction_truncation"] = instruction_truncation
             self.scorer = Cappy.from_pretrained(str(pretrained), **kwargs)
         else:
-            raise ValueError(f"pretrained must be a name, a path or a loaded Cappy, got {type(pretrained).__name__}")
+            raise InputError(f"pretrained must be a name, a path or a loaded Cappy, got {type(pretrained).__name__}")
         self.rows = rows  # pairs per forward pass; None: the scorer's own
         self._device = self.scorer.device
 

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cappy.chat import TextOrMessages, flatten_completion, flatten_prompt
+from cappy.errors import InputError
 
 __all__ = ["CappyReward", "TextOrMessages", "flatten_completion", "flatten_prompt", "reward_function"]
 
@@ -45,9 +46,9 @@ class CappyReward:
 
     def __init__(self, scorer: Cappy, batch_size: int | None = None, name: str = "cappy_reward") -> None:
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+            raise InputError(f"batch_size must be a positive int or None, got {batch_size!r}")
         if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty str, got {name!r}")
+            raise InputError(f"name must be a non-empty str, got {name!r}")
         self.scorer = scorer
         self.batch_size = batch_size
         # TRL names the reward in its logs by the callable's __name__ (rewards/<name>/mean)
@@ -62,9 +63,9 @@ class CappyReward:
         """
         for name, seq in (("prompts", prompts), ("completions", completions)):
             if isinstance(seq, str | Mapping) or not isinstance(seq, Sequence):
-                raise ValueError(f"{name} must be a list (one entry per completion), got {type(seq).__name__}")
+                raise InputError(f"{name} must be a list (one entry per completion), got {type(seq).__name__}")
         if len(prompts) != len(completions):
-            raise ValueError(
+            raise InputError(
                 f"got {len(prompts)} prompts and {len(completions)} completions; TRL passes one prompt per completion"
             )
         instructions, responses = [], []
@@ -73,7 +74,7 @@ class CappyReward:
                 instructions.append(flatten_prompt(p))
                 responses.append(flatten_completion(c))
             except ValueError as err:
-                raise ValueError(f"pair {i}: {err}") from None
+                raise InputError(f"pair {i}: {err}") from None
         return instructions, responses
 
     def __call__(
@@ -119,7 +120,7 @@ def reward_function(
 
     if isinstance(model, Cappy):
         if (device, dtype, max_length) != ("auto", "auto", None):
-            raise ValueError("device, dtype and max_length apply when loading; pass them to Cappy.from_pretrained")
+            raise InputError("device, dtype and max_length apply when loading; pass them to Cappy.from_pretrained")
         scorer = model
     elif isinstance(model, str | os.PathLike):
         kwargs: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -127,5 +128,5 @@ def reward_function(
             kwargs["max_length"] = max_length
         scorer = Cappy.from_pretrained(model, **kwargs)
     else:
-        raise ValueError(f"model must be a name, a path or a loaded Cappy, got {type(model).__name__}")
+        raise InputError(f"model must be a name, a path or a loaded Cappy, got {type(model).__name__}")
     return CappyReward(scorer, batch_size=batch_size, name=name)

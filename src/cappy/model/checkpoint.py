@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from cappy.errors import CappyError, InputError
 from cappy.io import default_file_mode
 from cappy.model.encoding import check_instruction_truncation, clamp_max_length
 from cappy.model.precision import DTYPES
@@ -58,11 +59,11 @@ IDENTITY_ACTIVATION = "torch.nn.modules.linear.Identity"
 DEFAULT_MAX_LENGTH = 512
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(CappyError, FileNotFoundError):
     """A model name that is no local folder and no shipped model, and that cannot come from the hub."""
 
 
-class NotACheckpointError(ValueError):
+class NotACheckpointError(InputError):
     """A local path that exists but is no checkpoint folder (a file, or a folder without ``config.json``)."""
 
 
@@ -76,7 +77,7 @@ def resolve_model_path(name_or_path: str | os.PathLike, revision: str | None = N
     """
     name = str(name_or_path)
     if not name.strip():
-        raise ValueError("the model name is empty; give a checkpoint folder, a shipped model or a hub id")
+        raise InputError("the model name is empty; give a checkpoint folder, a shipped model or a hub id")
     path = Path(name_or_path)
     if path.is_dir():
         return _checkpoint_folder(path)
@@ -253,7 +254,7 @@ def load_scorer_model(
     is_classifier = any("ForSequenceClassification" in a for a in (config.architectures or []))
     several = getattr(config, "num_labels", 1) != 1
     if several and not replace_head:
-        raise ValueError(
+        raise InputError(
             f"{str(name_or_path)!r} has num_labels={config.num_labels}; "
             "a Cappy scorer needs a one-output regression head"
         )
@@ -390,11 +391,11 @@ def merge_checkpoints(
     ``merge_checkpoints(["cappy-mini", "runs/mini_v2/best"], [0.5, 0.5], "runs/merged")``
     """
     if len(checkpoints) < 2 or len(checkpoints) != len(weights):
-        raise ValueError(
+        raise InputError(
             f"need two or more checkpoints and one weight each, got {len(checkpoints)} and {len(weights)}"
         )
     if any(not np.isfinite(w) or w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
-        raise ValueError(f"merge weights must be non-negative and sum to 1, got {list(weights)}")
+        raise InputError(f"merge weights must be non-negative and sum to 1, got {list(weights)}")
     model, tokenizer, max_length, side = _load_float32(checkpoints[0])
     target = model.state_dict()
     merged = {k: v * weights[0] if v.is_floating_point() else v for k, v in target.items()}
@@ -418,14 +419,14 @@ def merge_checkpoints(
 def _check_mergeable(base: str, name: str, target: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> None:
     missing, extra = sorted(set(target) - set(other)), sorted(set(other) - set(target))
     if missing or extra:
-        raise ValueError(
+        raise InputError(
             f"cannot merge {name!r} into {base!r}: different parameters (missing {missing[:3]}, extra {extra[:3]})"
         )
     for k, v in other.items():
         if v.shape != target[k].shape:
-            raise ValueError(
+            raise InputError(
                 f"cannot merge {name!r} into {base!r}: {k} has shape {tuple(v.shape)}, not {tuple(target[k].shape)}"
             )
         if not v.is_floating_point() and not torch.equal(v, target[k]):
             # integer buffers (position ids) are not averaged
-            raise ValueError(f"cannot merge {name!r} into {base!r}: {k} differs")
+            raise InputError(f"cannot merge {name!r} into {base!r}: {k} differs")

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cappy.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 INSTRUCTION_TRUNCATION = ("right", "left")
@@ -26,7 +28,7 @@ _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", 
 def check_instruction_truncation(side: str) -> str:
     """``side`` if it is "right" or "left", else a ValueError. Example: ``check_instruction_truncation("left")``"""
     if side not in INSTRUCTION_TRUNCATION:
-        raise ValueError(f"instruction_truncation must be 'right' or 'left', got {side!r}")
+        raise InputError(f"instruction_truncation must be 'right' or 'left', got {side!r}")
     return side
 
 
@@ -36,7 +38,7 @@ def clamp_max_length(config: Any, max_length: int) -> int:
     Example: ``clamp_max_length(roberta_config_with_514_positions, 1024)`` -> 512
     """
     if not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+        raise InputError(f"max_length must be an int >= 2, got {max_length!r}")
     limit = getattr(config, "max_position_embeddings", None)
     if limit and limit > 0:
         if getattr(config, "model_type", "") in _OFFSET_POSITION_MODELS:
@@ -93,10 +95,10 @@ def _kept_lengths(n_instruction: int, n_response: int, budget: int) -> tuple[int
 def _encode_left(tokenizer: Any, instructions: list[str], responses: list[str], max_length: int) -> dict:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise ValueError("instruction_truncation='left' needs a fast (tokenizers-backed) tokenizer")
+        raise InputError("instruction_truncation='left' needs a fast (tokenizers-backed) tokenizer")
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
     if budget < 2:
-        raise ValueError(f"max_length {max_length} leaves no room for a pair after the special tokens")
+        raise InputError(f"max_length {max_length} leaves no room for a pair after the special tokens")
     # through the tokenizer call, not backend.encode_batch: the backend keeps the last call's truncation setting
     ins = tokenizer(instructions, add_special_tokens=False, truncation=False).encodings
     res = tokenizer(responses, add_special_tokens=False, truncation=False).encodings
@@ -163,7 +165,7 @@ def collate_pairs(
     """
     ids = enc["input_ids"] if rows is None else [enc["input_ids"][i] for i in rows]
     if not ids:
-        raise ValueError("collate_pairs needs at least one encoded pair")
+        raise InputError("collate_pairs needs at least one encoded pair")
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     width = max(int(lengths.max()), pad_to or 0)
     mask = np.arange(width)[None, :] < lengths[:, None]

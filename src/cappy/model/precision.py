@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from cappy.errors import InputError
+
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -41,7 +43,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available on this machine")
+        raise InputError(f"device={device!r} was requested but CUDA is not available on this machine")
     return dev
 
 
@@ -56,7 +58,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return None
     if dtype not in DTYPES:
         names = sorted({"auto", *DTYPES, *AUTOCAST_DTYPES})
-        raise ValueError(f"dtype must be one of {names} or a torch.dtype, got {dtype!r}")
+        raise InputError(f"dtype must be one of {names} or a torch.dtype, got {dtype!r}")
     return DTYPES[dtype]
 
 
@@ -81,7 +83,7 @@ def cpu_has_native_bf16() -> bool:
     forced = os.environ.get(CPU_BF16_ENV)
     if forced is not None and forced.strip() != "":
         if forced.strip() not in ("0", "1"):
-            raise ValueError(f"{CPU_BF16_ENV} must be 0 or 1, got {forced!r}")
+            raise InputError(f"{CPU_BF16_ENV} must be 0 or 1, got {forced!r}")
         return forced.strip() == "1"
     return bool(_cpu_flags() & _BF16_FLAGS)
 

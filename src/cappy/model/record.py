@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cappy.errors import InputError
 from cappy.io import atomic_write
 
 RECORD_FILE = "training_data.json"
@@ -28,9 +29,9 @@ def read_record(directory: str | Path) -> dict[str, Any] | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
-        raise ValueError(f"{path}: unreadable training record ({err})") from None
+        raise InputError(f"{path}: unreadable training record ({err})") from None
     if not isinstance(record, dict):
-        raise ValueError(f"{path}: a training record is a JSON object, got {type(record).__name__}")
+        raise InputError(f"{path}: a training record is a JSON object, got {type(record).__name__}")
     return record
 
 

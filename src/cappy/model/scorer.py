@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from cappy.errors import InputError, InputTypeError
 from cappy.model.checkpoint import checkpoint_settings, load_scorer_model, save_checkpoint
 from cappy.model.encoding import check_instruction_truncation, clamp_max_length, collate_pairs, encode_pairs
 from cappy.model.precision import is_out_of_memory, resolve_device, resolve_precision
@@ -38,29 +39,29 @@ _MIN_SPLIT = 4
 def _check_texts(name: str, values: Sequence[Any]) -> None:
     for i, v in enumerate(values):
         if not isinstance(v, str):
-            raise TypeError(f"{name}[{i}] must be a str, got {type(v).__name__}")
+            raise InputTypeError(f"{name}[{i}] must be a str, got {type(v).__name__}")
 
 
 def _as_pairs(instructions: str | Sequence[str], responses: str | Sequence[str]) -> tuple[list[str], list[str], bool]:
     """Normalise the inputs of ``score``; a single str on one side is repeated to the other's length."""
     if instructions is None or responses is None:
-        raise TypeError("instructions and responses must be str or lists of str, got None")
+        raise InputTypeError("instructions and responses must be str or lists of str, got None")
     single = isinstance(instructions, str) and isinstance(responses, str)
     if single:
         return [instructions], [responses], True
     if isinstance(instructions, str):
         if not isinstance(responses, Sequence):
-            raise TypeError(f"responses must be a str or a list of str, got {type(responses).__name__}")
+            raise InputTypeError(f"responses must be a str or a list of str, got {type(responses).__name__}")
         instructions = [instructions] * len(responses)
     if isinstance(responses, str):
         if not isinstance(instructions, Sequence):
-            raise TypeError(f"instructions must be a str or a list of str, got {type(instructions).__name__}")
+            raise InputTypeError(f"instructions must be a str or a list of str, got {type(instructions).__name__}")
         responses = [responses] * len(instructions)
     for name, seq in (("instructions", instructions), ("responses", responses)):
         if not isinstance(seq, Sequence) or isinstance(seq, bytes | bytearray):
-            raise TypeError(f"{name} must be a str or a list of str, got {type(seq).__name__}")
+            raise InputTypeError(f"{name} must be a str or a list of str, got {type(seq).__name__}")
     if len(instructions) != len(responses):
-        raise ValueError(
+        raise InputError(
             f"instructions and responses must have the same length, got {len(instructions)} and {len(responses)}"
         )
     instructions, responses = list(instructions), list(responses)
@@ -93,11 +94,11 @@ class Cappy:
         instruction_truncation: str | None = None,
     ) -> None:
         if getattr(model.config, "num_labels", 1) != 1:
-            raise ValueError(
+            raise InputError(
                 f"a Cappy model has exactly one output, this one has num_labels={model.config.num_labels}"
             )
         if batch_size < 1 or max_tokens_per_batch < 1:
-            raise ValueError("batch_size and max_tokens_per_batch must be positive")
+            raise InputError("batch_size and max_tokens_per_batch must be positive")
         self.model = model
         self.tokenizer = tokenizer
         self.device = resolve_device(device) if device is not None else next(model.parameters()).device
@@ -270,10 +271,10 @@ class Cappy:
         """
         instr, resp, single = _as_pairs(instructions, responses)
         if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
-            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
+            raise InputError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
         if batch_size is not None:
             if batch_size < 1:
-                raise ValueError(f"batch_size must be positive, got {batch_size}")
+                raise InputError(f"batch_size must be positive, got {batch_size}")
             saved, self.batch_size = self.batch_size, batch_size
         out = np.empty(len(instr), dtype=np.float32)
         lengths = np.empty(len(instr), dtype=np.int64)
@@ -314,22 +315,22 @@ class Cappy:
         """
         for name, seq in (("instructions", instructions), ("groups_of_responses", groups_of_responses)):
             if isinstance(seq, str | bytes) or not isinstance(seq, Sequence):
-                raise ValueError(f"{name} must be a list, got {type(seq).__name__}")
+                raise InputError(f"{name} must be a list, got {type(seq).__name__}")
         if len(instructions) != len(groups_of_responses):
-            raise ValueError(
+            raise InputError(
                 f"instructions and groups_of_responses must have the same length, got {len(instructions)} and "
                 f"{len(groups_of_responses)}"
             )
         for i, (instruction, group) in enumerate(zip(instructions, groups_of_responses)):
             if not isinstance(instruction, str):
-                raise ValueError(f"instructions[{i}] must be a str, got {type(instruction).__name__}")
+                raise InputError(f"instructions[{i}] must be a str, got {type(instruction).__name__}")
             if isinstance(group, str | bytes) or not isinstance(group, Sequence):
-                raise ValueError(f"groups_of_responses[{i}] must be a list of str, got {type(group).__name__}")
+                raise InputError(f"groups_of_responses[{i}] must be a list of str, got {type(group).__name__}")
             if len(group) == 0:
-                raise ValueError(f"groups_of_responses[{i}] is empty; every instruction needs a response")
+                raise InputError(f"groups_of_responses[{i}] is empty; every instruction needs a response")
             for j, r in enumerate(group):
                 if not isinstance(r, str):
-                    raise ValueError(f"groups_of_responses[{i}][{j}] must be a str, got {type(r).__name__}")
+                    raise InputError(f"groups_of_responses[{i}][{j}] must be a str, got {type(r).__name__}")
         if not instructions:
             return []
         flat_instr = [s for s, group in zip(instructions, groups_of_responses) for _ in group]
@@ -355,7 +356,7 @@ class Cappy:
         -> ``[{"index": 1, "score": 0.8, "text": "7"}]``
         """
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+            raise InputError(f"top_k must be a positive int or None, got {top_k!r}")
         scores = self._choice_scores(instruction, candidates, "candidates")
         order = np.argsort(-scores, kind="stable")
         if top_k is not None:
@@ -364,11 +365,11 @@ class Cappy:
 
     def _choice_scores(self, instruction: str, options: Sequence[str], name: str) -> np.ndarray:
         if not isinstance(instruction, str):
-            raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
+            raise InputTypeError(f"instruction must be a str, got {type(instruction).__name__}")
         if options is None or isinstance(options, str) or not isinstance(options, Sequence):
-            raise TypeError(f"{name} must be a list of str, got {type(options).__name__}")
+            raise InputTypeError(f"{name} must be a list of str, got {type(options).__name__}")
         if len(options) == 0:
-            raise ValueError(f"{name} is empty; give at least one")
+            raise InputError(f"{name} is empty; give at least one")
         _check_texts(name, options)
         return self.score(instruction, list(options))
 

@@ -188,14 +188,14 @@ def adaptation_settings(path: str | os.PathLike) -> dict[str, Any]:
     """
     section = _read_yaml(path).get(ADAPTATION_SECTION) or {}
     if not isinstance(section, dict):
-        raise ValueError(f"{path}: '{ADAPTATION_SECTION}' must be a mapping, got {type(section).__name__}")
+        raise ConfigError(f"{path}: '{ADAPTATION_SECTION}' must be a mapping, got {type(section).__name__}")
     unknown = sorted(set(section) - set(ADAPTATION_KEYS))
     if unknown:
         known = sorted(ADAPTATION_KEYS)
-        raise ValueError(f"{path}: unknown {ADAPTATION_SECTION} setting(s) {unknown}; known: {known}")
+        raise ConfigError(f"{path}: unknown {ADAPTATION_SECTION} setting(s) {unknown}; known: {known}")
     k = section.get("mismatched", 0)
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise ValueError(f"{path}: {ADAPTATION_SECTION}: mismatched must be a whole number >= 0, got {k!r}")
+        raise ConfigError(f"{path}: {ADAPTATION_SECTION}: mismatched must be a whole number >= 0, got {k!r}")
     return {**ADAPTATION_KEYS, **section}
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cappy.errors import InputError
 from cappy.io import iter_jsonl
 
 REQUIRED = ("instruction", "response", "label")
@@ -53,8 +54,8 @@ class Pairs:
         )
 
 
-def _bad_label(where: str, value: Any) -> ValueError:
-    return ValueError(f"{where}: label is {value!r}; labels must be finite numbers in [0, 1]")
+def _bad_label(where: str, value: Any) -> InputError:
+    return InputError(f"{where}: label is {value!r}; labels must be finite numbers in [0, 1]")
 
 
 def _input_files(path: str) -> list[tuple[str, int | None]]:
@@ -68,15 +69,15 @@ def _input_files(path: str) -> list[tuple[str, int | None]]:
                 shards = meta["shards"]
                 files = [(str(p / s["path"]), int(s["rows"])) for s in shards]
             except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{manifest}: not a pair manifest (needs shards: [{{path, rows}}]) ({err})") from None
+                raise InputError(f"{manifest}: not a pair manifest (needs shards: [{{path, rows}}]) ({err})") from None
             if not files:
-                raise ValueError(f"{manifest}: lists no shards")
+                raise InputError(f"{manifest}: lists no shards")
             for f, _ in files:
                 if not Path(f).is_file():
                     raise FileNotFoundError(f"{manifest}: shard {f} is missing")
             declared = meta.get("rows")
             if declared is not None and int(declared) != sum(r for _, r in files):
-                raise ValueError(f"{manifest}: rows={declared} but its shards add up to {sum(r for _, r in files)}")
+                raise InputError(f"{manifest}: rows={declared} but its shards add up to {sum(r for _, r in files)}")
             return files
         found = sorted(f for f in p.iterdir() if f.suffix in (".parquet", ".jsonl") and not f.name.startswith("."))
         if not found:
@@ -85,7 +86,7 @@ def _input_files(path: str) -> list[tuple[str, int | None]]:
     if not p.exists():
         raise FileNotFoundError(f"training data not found: {path}")
     if p.suffix not in (".parquet", ".jsonl"):
-        raise ValueError(f"{path}: pair data must be .parquet, .jsonl or a `cappy data build` folder")
+        raise InputError(f"{path}: pair data must be .parquet, .jsonl or a `cappy data build` folder")
     return [(str(p), None)]
 
 
@@ -96,23 +97,23 @@ def _parquet_blocks(path: str, declared: int | None, start: int) -> list[Block]:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as err:
-        raise ValueError(f"{path}: not a readable Parquet file ({err})") from None
+        raise InputError(f"{path}: not a readable Parquet file ({err})") from None
     schema = pf.schema_arrow
     missing = [c for c in REQUIRED if c not in schema.names]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; pair rows need {', '.join(REQUIRED)}")
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}; pair rows need {', '.join(REQUIRED)}")
     for c in ("instruction", "response"):
         t = schema.field(c).type
         if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
-            raise ValueError(f"{path}: column {c!r} must be string, got {t}")
+            raise InputError(f"{path}: column {c!r} must be string, got {t}")
     lt = schema.field("label").type
     if not (pa.types.is_floating(lt) or pa.types.is_integer(lt)):
-        raise ValueError(f"{path}: column 'label' must be a number, got {lt}")
+        raise InputError(f"{path}: column 'label' must be a number, got {lt}")
     n = pf.metadata.num_rows
     if n == 0:
-        raise ValueError(f"{path}: empty shard (0 rows)")
+        raise InputError(f"{path}: empty shard (0 rows)")
     if declared is not None and declared != n:
-        raise ValueError(f"{path}: the manifest says {declared} rows, the file has {n}")
+        raise InputError(f"{path}: the manifest says {declared} rows, the file has {n}")
     blocks, offset = [], 0
     for rg in range(pf.num_row_groups):
         rows = pf.metadata.row_group(rg).num_rows
@@ -128,7 +129,7 @@ def _parquet_blocks(path: str, declared: int | None, start: int) -> list[Block]:
             col = pf.read_row_group(rg, columns=[c]).column(c)
             if col.null_count:
                 bad = offset + int(np.flatnonzero(np.asarray(col.is_null()))[0])
-                raise ValueError(f"{path}: row {bad}: {c} is null")
+                raise InputError(f"{path}: row {bad}: {c} is null")
         labels = pf.read_row_group(rg, columns=["label"]).column("label")
         values = labels.to_numpy(zero_copy_only=False).astype(np.float64)
         if labels.null_count:
@@ -155,15 +156,15 @@ def _jsonl_blocks(path: str, block_rows: int, start: int) -> list[Block]:
             try:
                 row = json.loads(raw)
             except ValueError as err:
-                raise ValueError(f"{path}:{lineno}: malformed JSONL line ({err})") from None
+                raise InputError(f"{path}:{lineno}: malformed JSONL line ({err})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             missing = [c for c in REQUIRED if c not in row]
             if missing:
-                raise ValueError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+                raise InputError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
             for c in ("instruction", "response"):
                 if not isinstance(row[c], str):
-                    raise ValueError(f"{path}:{lineno}: field {c!r} must be a string, got {type(row[c]).__name__}")
+                    raise InputError(f"{path}:{lineno}: field {c!r} must be a string, got {type(row[c]).__name__}")
             label = row["label"]
             if isinstance(label, bool) or not isinstance(label, int | float) or not (0 <= label <= 1):
                 raise _bad_label(f"{path}:{lineno}", label)
@@ -177,7 +178,7 @@ def _jsonl_blocks(path: str, block_rows: int, start: int) -> list[Block]:
     if rows:
         blocks.append(Block(path, "jsonl", block_at, rows, start, block_line))
     if not blocks:
-        raise ValueError(f"{path}: empty file (no pair rows)")
+        raise InputError(f"{path}: empty file (no pair rows)")
     return blocks
 
 
@@ -202,7 +203,7 @@ class PairSource:
                 else:
                     blocks = _jsonl_blocks(file, jsonl_block_rows, start)
                     if declared is not None and sum(b.rows for b in blocks) != declared:
-                        raise ValueError(
+                        raise InputError(
                             f"{file}: the manifest says {declared} rows, the file has {sum(b.rows for b in blocks)}"
                         )
                 self.blocks.extend(blocks)
@@ -236,7 +237,7 @@ class PairSource:
                         if got == b.rows:
                             break
                 if got != b.rows:
-                    raise ValueError(f"{b.path}: changed while training (block at line {b.first_line} is short)")
+                    raise InputError(f"{b.path}: changed while training (block at line {b.first_line} is short)")
                 labels.append(block_labels)
             ids.append(np.arange(b.start, b.start + b.rows, dtype=np.int64))
         return Pairs(instr, resp, np.concatenate(labels), np.concatenate(ids))

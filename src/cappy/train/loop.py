@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cappy.errors import CappyError, InputError
 from cappy.io import atomic_write, dumps
 from cappy.metrics import HARD_SOURCES, pairwise_accuracy
 from cappy.model.checkpoint import load_scorer_model
@@ -30,8 +31,10 @@ STATE_DIR = "training_state"
 BEST_DIR = "best"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(CappyError, RuntimeError):
     """A run that cannot go on (for example a non-finite loss); the message names the update."""
+
+    exit_code = 3  # `cappy`'s exit status: not a usage error
 
 
 def lr_factor(update: int, total: int, warmup: int) -> float:
@@ -102,9 +105,9 @@ class Trainer:
 
             transformers.utils.logging.disable_progress_bar()
         if cfg.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"config: device must be auto, cpu or cuda, got {cfg.device!r}")
+            raise InputError(f"config: device must be auto, cpu or cuda, got {cfg.device!r}")
         if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("config: device=cuda but CUDA is not available on this machine")
+            raise InputError("config: device=cuda but CUDA is not available on this machine")
         from accelerate.state import AcceleratorState
 
         # accelerate keeps one state per process; a second run in the same process (notebooks, tests) may differ
@@ -118,7 +121,7 @@ class Trainer:
         self.accelerator = acc = Accelerator(mixed_precision=mp, cpu=cpu)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if acc.num_processes != launched:
-            raise ValueError(
+            raise InputError(
                 f"launched as {launched} processes but accelerate runs {acc.num_processes}; check the launcher and "
                 "the device setting"
             )
@@ -241,7 +244,7 @@ class Trainer:
             return
         state = json.loads((latest / "trainer_state.json").read_text(encoding="utf-8"))
         if state["total_updates"] != self.total_updates:
-            raise ValueError(
+            raise InputError(
                 f"{latest}: this checkpoint belongs to a run of {state['total_updates']} updates, the config now "
                 f"gives {self.total_updates}; use a new output_dir or resume: false"
             )
