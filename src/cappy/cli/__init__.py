@@ -30,9 +30,11 @@ import argparse
 import dataclasses
 import importlib
 import logging
+import os
 import pkgutil
 import shlex
 import sys
+import traceback
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,12 +42,16 @@ from typing import Any
 import yaml
 
 from cappy.config import ConfigError, apply_overrides, field_type, parse_set, read_yaml_mapping, resolve_key
+from cappy.errors import CappyError, InputError
 from cappy.generate.base import DEFAULT_RECIPE  # stdlib-only module: building the parser stays light
 
 # The --dtype values of every command that loads a scorer (cappy.model.resolve_precision); here, not in
 # cappy.model, so that building the parser does not import torch.
 DTYPE_HELP = "auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)"
 BACKENDS = ("llamacpp", "hf", "openai")  # cappy.generate.BACKENDS, repeated so the parser needs no imports
+DEBUG_ENV = "CAPPY_DEBUG"
+# What `cappy` reports as the user's error (one line, exit 2); anything else is a bug and keeps its traceback.
+USAGE_ERRORS = (CappyError, OSError, yaml.YAMLError, argparse.ArgumentError)
 
 
 def add_generator_args(
@@ -183,10 +189,10 @@ def choose_cache(
 ) -> str | None:
     """The rule of :func:`candidate_cache` on plain values (a job's config gives them)."""
     if backend is None and gens is None:
-        raise ValueError("give --gens (a generation cache) or --backend (to generate candidates)")
+        raise InputError("give --gens (a generation cache) or --backend (to generate candidates)")
     if gens is not None:
         if no_cache:
-            raise ValueError("--no-cache and --gens contradict each other: give one")
+            raise InputError("--no-cache and --gens contradict each other: give one")
         return gens
     if no_cache:
         return None
@@ -355,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cappy", description="Cappy: score, rank, boost and train with a small scorer."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details to stderr")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"print the traceback of a usage or input error too (or {DEBUG_ENV}=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     sub.required = True
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
@@ -365,6 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `cappy <command>` and return its exit status.
+
+    A usage or input error (a :class:`~cappy.errors.CappyError`, a file that cannot be read or written, bad YAML)
+    is one line on stderr, ``cappy <command>: error: <message>``, and exit status 2 (a generation failure 1, a
+    failed training run 3: the error's ``exit_code``); Ctrl-C is 130. Any other exception is a bug in cappy: it
+    propagates with its traceback (exit status 1). ``--debug`` or ``CAPPY_DEBUG=1`` prints the traceback of a
+    usage error too.
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
@@ -381,9 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         ok = code == 0
         return code
-    except (ValueError, TypeError, OSError, KeyError) as err:
+    except USAGE_ERRORS as err:
+        if args.debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+            traceback.print_exc()
         print(f"{command_name(args)}: error: {err}", file=sys.stderr)
-        return 2
+        return int(getattr(err, "exit_code", 2))
     except KeyboardInterrupt:
         return 130
     finally:

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_boost(args: argparse.Namespace) -> int:
     from cappy.batch import boost_jsonl, check_input
     from cappy.boost import check_strategy
-    from cappy.generate import CandidateSource, GenerationError
+    from cappy.generate import CandidateSource
 
     strategies = [check_strategy(s) for s in (args.strategy or ["cappy"])]
     cache = candidate_cache(args)
@@ -69,23 +69,19 @@ def run_boost(args: argparse.Namespace) -> int:
         from cappy.model import Cappy
 
         scorer = Cappy.from_pretrained(args.model, device=args.scorer_device, dtype=args.scorer_dtype)
-    try:
-        report = boost_jsonl(
-            args.input,
-            args.output,
-            source,
-            scorer,
-            strategies,
-            prompt_field=args.prompt_field,
-            id_field=args.id_field,
-            references_field=args.references_field,
-            seed=args.seed,
-            summary=args.summary,
-            show_progress=not args.no_progress,
-        )
-    except GenerationError as err:
-        print(f"cappy boost: error: {err}", file=sys.stderr)
-        return 1
+    report = boost_jsonl(
+        args.input,
+        args.output,
+        source,
+        scorer,
+        strategies,
+        prompt_field=args.prompt_field,
+        id_field=args.id_field,
+        references_field=args.references_field,
+        seed=args.seed,
+        summary=args.summary,
+        show_progress=not args.no_progress,
+    )  # a GenerationError ends the command with exit status 1 (cappy.cli.main)
     means = ", ".join(f"{s}={v:.2f}" for s, v in report["rouge_l_x100"].items())
     print(
         f"cappy boost: {report['prompts']} prompts" + (f"; mean Rouge-L x100: {means}" if means else ""),

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from cappy.batch import read_prompts
-    from cappy.generate import GenerationError, generate_to_cache, load_recipe
+    from cappy.generate import generate_to_cache, load_recipe
 
     recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     # Read all prompts first: a bad line fails before any model is loaded.
@@ -43,10 +43,7 @@ def run_generate(args: argparse.Namespace) -> int:
             show_progress=not args.no_progress,
             total=len(prompts),
         )
-    except GenerationError as err:
-        print(f"cappy generate: error: {err}", file=sys.stderr)
-        return 1
-    finally:
+    finally:  # a GenerationError ends the command with exit status 1 (cappy.cli.main)
         generator.close()
     print(
         f"cappy generate: {stats.prompts} prompts ({stats.prompts_skipped} already done), "

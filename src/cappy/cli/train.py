@@ -27,14 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cappy.train import TrainingError, train
+    from cappy.train import train
     from cappy.train.config import preset_path, yaml_settings
 
     cfg = job_config(args, base=yaml_settings(args.config), base_source=str(preset_path(args.config)))
-    try:
-        result = train(cfg)
-    except TrainingError as err:
-        print(f"cappy train: error: {err}", file=sys.stderr)
-        return 3
+    result = train(cfg)  # a TrainingError ends the command with exit status 3 (cappy.cli.main)
     print(json.dumps({k: v for k, v in result.items() if isinstance(v, int | float | str | None)}), file=sys.stderr)
     return 0
