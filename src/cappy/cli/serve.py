@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cappy.cli import BACKENDS, DEFAULT_RECIPE, DTYPE_HELP, quiet_libraries
+from cappy.generate import load_generator, load_recipe
 
 DEFAULT_MODEL = "cappy-mini"
 
@@ -101,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from cappy.serve import ServeConfig, serve
+    from cappy.serve import ServeConfig, UpstreamConfig, serve  # deferred: imports torch and fastapi
 
     config = ServeConfig(
         max_items_per_request=args.max_items,
@@ -115,8 +116,6 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     upstream = None
     if args.upstream:
-        from cappy.serve import UpstreamConfig
-
         upstream = UpstreamConfig(
             args.upstream,
             api_key=args.upstream_api_key,
@@ -128,8 +127,6 @@ def run_serve(args: argparse.Namespace) -> int:
     quiet_libraries(args.verbose or args.log_level == "debug", llama=args.generator == "llamacpp")
     generator = name = None
     if args.generator:
-        from cappy.generate import load_generator, load_recipe
-
         load_recipe(args.recipe)  # a bad recipe fails before any model loads
         options = {"base_url": args.gen_base_url, "device": args.gen_device, "dtype": args.gen_dtype}
         generator = load_generator(args.generator, args.gen_model, n_threads=args.gen_threads, **options)
