@@ -29,6 +29,7 @@ from cappy.config import ConfigError, JobConfig, setting
 from cappy.errors import InputError, InputTypeError
 from cappy.generate.base import DEFAULT_RECIPE, Candidate, Generator
 from cappy.generate.source import BACKENDS, CandidateSource, load_generator
+from cappy.io import atomic_write, dumps, sha256_file
 from cappy.train.config import TrainConfig, adaptation_settings  # settings only: no torch
 
 logger = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ def read_examples(
     A row without the fields, or with a bad value, is an error naming its file and line.
     Example: ``read_examples("task.jsonl", instruction_field="question", references_field="answers")``
     """
-    from cappy.data.readers import iter_examples
+    from cappy.data.readers import iter_examples  # deferred: numpy and jinja2; `cappy --help` imports this module
 
     out = []
     for where, row in iter_examples(source, split=split):
@@ -219,7 +220,7 @@ def _metric(metric: str | Metric) -> Metric:
     if callable(metric):
         return metric
     if metric == "rouge_l":
-        from cappy.metrics import rouge_l
+        from cappy.metrics import rouge_l  # deferred: numpy; `cappy --help` imports this module
 
         return rouge_l
     raise InputError(f"unknown metric {metric!r}; use 'rouge_l' or a callable (text, references) -> float")
@@ -285,7 +286,7 @@ def _draw_mismatched(pool: list[tuple[int, str]], i: int, own: set[str], k: int,
 
 def default_preset(device: str | None = "auto") -> str:
     """``adapt_cpu`` when training runs on the CPU, ``adapt_paper`` on a GPU."""
-    from cappy.model import resolve_device
+    from cappy.model import resolve_device  # deferred: imports torch
 
     return "adapt_cpu" if resolve_device(device).type == "cpu" else "adapt_paper"
 
@@ -363,9 +364,8 @@ def adapt(scorer: Any = None, examples: Sequence[Any] | None = None, config: Any
 
 def _adapt(scorer: Any, exs: list[AdaptExample], cfg: AdaptConfig, source: Any) -> Any:
     """The work of :func:`adapt` on checked settings: candidates, pairs, training, export, the record."""
-    from cappy.io import atomic_write, dumps, sha256_file
-    from cappy.model import Cappy, export_checkpoint, resolve_model_path
-    from cappy.train import train
+    from cappy.model import Cappy, export_checkpoint, resolve_model_path  # deferred: imports torch
+    from cappy.train import train  # deferred: imports torch
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from cappy.errors import InputError
+from cappy.generate.base import available_recipes, load_recipe, prompt_id_of
 from cappy.io import atomic_write, dumps, iter_jsonl
+from cappy.paths import cache_dir
 
 PAIRS_PER_CHUNK = 2048  # pairs (rows, or a rank row's candidates) per scoring call: bounds memory on huge files
 
@@ -339,8 +341,8 @@ def boost_jsonl(
     :class:`cappy.generate.CandidateSource`. Writes one row per prompt (candidates, scores, choices) and returns
     the summary: prompts, strategies, mean Rouge-L x100 per strategy (when rows have references), chosen decodings.
     """
+    # deferred: numpy; `cappy --help` imports this module
     from cappy.boost import boost_candidates, check_strategy, summarize
-    from cappy.generate.base import prompt_id_of
 
     strategies = [check_strategy(s) for s in (strategies or ["cappy"])]
     rows = read_prompts(input, prompt_field, id_field)
@@ -419,9 +421,6 @@ def generation_cache_path(
     Example: ``generation_cache_path("llamacpp", None, "cpu8_stop")`` ->
     ``~/.cache/cappy/generations/llamacpp-gemma-3-270m-q4_k_m-cpu8_stop-seed0.jsonl``
     """
-    from cappy.generate.base import available_recipes, load_recipe
-    from cappy.paths import cache_dir
-
     name = str(recipe)
     if Path(name).is_file():  # a recipe file: its name plus its content's hash (an edited file is a new recipe)
         name = f"{_slug(load_recipe(name).name)}-{_short_hash(Path(name).read_bytes())}"

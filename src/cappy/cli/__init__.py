@@ -41,6 +41,9 @@ from typing import Any
 
 import yaml
 
+import cappy.generate
+import cappy.logs
+from cappy.batch import end_process_group, generation_cache_path
 from cappy.config import ConfigError, apply_overrides, field_type, parse_set, read_yaml_mapping, resolve_key
 from cappy.errors import CappyError, InputError
 from cappy.generate.base import DEFAULT_RECIPE  # stdlib-only module: building the parser stays light
@@ -133,8 +136,6 @@ def generator_factory(args: argparse.Namespace) -> Any:
     only when candidates are missing."""
     if not args.backend:
         return None
-    from cappy.generate import load_generator
-
     options = {
         "n_ctx": args.n_ctx,
         "n_threads": args.n_threads,
@@ -150,7 +151,7 @@ def generator_factory(args: argparse.Namespace) -> Any:
         "server_extensions": not args.no_server_extensions,
         "verbose": bool(getattr(args, "verbose", False)),  # llama.cpp's own log lines only with --verbose
     }
-    return lambda: load_generator(args.backend, args.gen_model, **options)
+    return lambda: cappy.generate.load_generator(args.backend, args.gen_model, **options)
 
 
 def add_cache_args(p: argparse.ArgumentParser, for_job: bool = False) -> None:
@@ -196,8 +197,6 @@ def choose_cache(
         return gens
     if no_cache:
         return None
-    from cappy.batch import generation_cache_path
-
     path = generation_cache_path(backend, gen_model, recipe or DEFAULT_RECIPE, seed, base_url)
     print(f"cappy {command}: generation cache {path} (--gens to choose, --no-cache for none)", file=sys.stderr)
     return str(path)
@@ -213,11 +212,9 @@ def quiet_libraries(verbose: bool, llama: bool = False) -> None:
     ``llama``, for commands that may load llama.cpp) only llama.cpp's errors. Called just before a model loads."""
     if verbose:
         return
-    from cappy.logs import quiet_libraries as quiet
-
-    quiet()
+    cappy.logs.quiet_libraries()
     if llama:
-        from cappy.generate.llamacpp import llama_log_errors_only
+        from cappy.generate.llamacpp import llama_log_errors_only  # deferred: numpy; keeps cappy --help fast
 
         try:
             llama_log_errors_only()
@@ -406,8 +403,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        from cappy.batch import end_process_group
-
         end_process_group(ok)
 
 

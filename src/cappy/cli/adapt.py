@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
+import cappy.adaptation
 from cappy.adaptation import AdaptConfig  # light (no torch): the parser reads the settings' fields
 from cappy.cli import (
     DEFAULT_RECIPE,
@@ -18,7 +20,8 @@ from cappy.cli import (
     job_config,
     quiet_libraries,
 )
-from cappy.config import ConfigError
+from cappy.config import ConfigError, read_yaml_mapping
+from cappy.train.config import ADAPTATION_SECTION, TrainConfig, available_presets
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,11 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _not_a_preset(path: str) -> None:
     """`cappy adapt --config` named the training preset before it named the job's YAML file: say so."""
-    from dataclasses import fields
-
-    from cappy.config import read_yaml_mapping
-    from cappy.train.config import ADAPTATION_SECTION, TrainConfig, available_presets
-
     if not Path(path).is_file():
         if path in available_presets():
             raise ConfigError(
@@ -65,8 +63,6 @@ def _not_a_preset(path: str) -> None:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
-    from cappy.adaptation import adapt
-
     if getattr(args, "config", None):
         _not_a_preset(args.config)
     extra = generator_settings(args, seed="gen_seed")
@@ -88,7 +84,7 @@ def run_adapt(args: argparse.Namespace) -> int:
         cfg.generator_options.get("base_url"),
     )
     quiet_libraries(args.verbose, llama=cfg.generator == "llamacpp")
-    tuned = adapt(config=cfg.with_overrides({"candidates": cache}, "command line"))
+    tuned = cappy.adaptation.adapt(config=cfg.with_overrides({"candidates": cache}, "command line"))
     info = tuned.adaptation
     c = info.counts
     print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cappy.batch import boost_jsonl, check_input
 from cappy.cli import (
     DEFAULT_RECIPE,
     DTYPE_HELP,
@@ -14,6 +15,7 @@ from cappy.cli import (
     generator_factory,
     quiet_libraries,
 )
+from cappy.generate import CandidateSource
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,9 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_boost(args: argparse.Namespace) -> int:
-    from cappy.batch import boost_jsonl, check_input
-    from cappy.boost import check_strategy
-    from cappy.generate import CandidateSource
+    from cappy.boost import check_strategy  # deferred: numpy; keeps cappy --help fast
 
     strategies = [check_strategy(s) for s in (args.strategy or ["cappy"])]
     cache = candidate_cache(args)
@@ -66,7 +66,7 @@ def run_boost(args: argparse.Namespace) -> int:
     quiet_libraries(args.verbose, llama=args.backend == "llamacpp")
     scorer = None
     if "cappy" in strategies:
-        from cappy.model import Cappy
+        from cappy.model import Cappy  # deferred: imports torch
 
         scorer = Cappy.from_pretrained(args.model, device=args.scorer_device, dtype=args.scorer_dtype)
     report = boost_jsonl(

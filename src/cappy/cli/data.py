@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -61,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    # deferred: numpy and jinja2; keeps cappy --help fast
     from cappy.data.pairs import BuildOptions, Mixture, PairBuilder
 
     mix = Mixture.from_yaml(args.mixture, args.seed, args.shard_rows, args.data_root, args.generations)
@@ -77,7 +79,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_prompts(args: argparse.Namespace) -> int:
-    from cappy.data.pairs import Mixture, export_prompts
+    from cappy.data.pairs import Mixture, export_prompts  # deferred: numpy and jinja2; keeps cappy --help fast
 
     mix = Mixture.from_yaml(args.mixture, seed=args.seed, data_root=args.data_root)
     counts = export_prompts(
@@ -99,6 +101,7 @@ def run_prompts(args: argparse.Namespace) -> int:
 
 
 def run_templates(args: argparse.Namespace) -> int:
+    # deferred: numpy and jinja2; keeps cappy --help fast
     from cappy.data.templates import list_template_keys, load_templates, template_key
 
     if args.dataset is None:
@@ -113,9 +116,7 @@ def run_templates(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    import json
-
-    from cappy.data.split import SplitConfig, split_pairs
+    from cappy.data.split import SplitConfig, split_pairs  # deferred: numpy and jinja2; keeps cappy --help fast
 
     caps = {name: int(n) for name, _, n in (c.rpartition("=") for c in args.cap) if name and n.isdigit()}
     if len(caps) != len(args.cap):

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from cappy.cli import add_generator_args, add_job_options, generator_settings, job_config, quiet_libraries
-from cappy.evaluate.config import BigBenchEvalConfig, MCEvalConfig, PairsEvalConfig  # light: no numpy
+from cappy.evaluate.config import METHODS, BigBenchEvalConfig, MCEvalConfig, PairsEvalConfig  # light: no numpy
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,8 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_mc(args: argparse.Namespace) -> int:
-    from cappy.evaluate.mc import METHODS
-    from cappy.evaluate.runs import run_mc
+    from cappy.evaluate.runs import run_mc  # deferred: numpy and jinja2; keeps cappy --help fast
 
     if args.list_methods:
         for name, desc in METHODS.items():
@@ -63,7 +62,7 @@ def run_mc(args: argparse.Namespace) -> int:
 
 
 def run_bigbench(args: argparse.Namespace) -> int:
-    from cappy.evaluate.runs import run_bigbench
+    from cappy.evaluate.runs import run_bigbench  # deferred: numpy and jinja2; keeps cappy --help fast
 
     cfg = job_config(args, extra={**generator_settings(args), "command": args.command_line})
     quiet_libraries(args.verbose, llama=cfg.generator == "llamacpp")
@@ -73,7 +72,7 @@ def run_bigbench(args: argparse.Namespace) -> int:
 
 
 def run_pairs(args: argparse.Namespace) -> int:
-    from cappy.evaluate.runs import run_pairs
+    from cappy.evaluate.runs import run_pairs  # deferred: numpy and jinja2; keeps cappy --help fast
 
     cfg = job_config(args)
     for name, r in run_pairs(cfg).items():

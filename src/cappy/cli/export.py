@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from cappy.model import export_checkpoint
+    from cappy.model import export_checkpoint  # deferred: imports torch
 
     card = Path(args.card).read_text() if args.card else None
     out = export_checkpoint(args.checkpoint, args.out, args.dtype, model_card=card)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cappy.batch import read_prompts
 from cappy.cli import DEFAULT_RECIPE, add_generator_args, generator_factory, quiet_libraries
+from cappy.generate import generate_to_cache, load_recipe
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,9 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from cappy.batch import read_prompts
-    from cappy.generate import generate_to_cache, load_recipe
-
     recipe = load_recipe(args.recipe or DEFAULT_RECIPE)
     # Read all prompts first: a bad line fails before any model is loaded.
     prompts = [(p, i) for _, p, i, _ in read_prompts(args.input, args.prompt_field, args.id_field)][: args.limit]

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from cappy.model import merge_checkpoints
+    from cappy.model import merge_checkpoints  # deferred: imports torch
 
     weights = args.weights or [1.0 / len(args.checkpoints)] * len(args.checkpoints)
     card = Path(args.card).read_text() if args.card else None

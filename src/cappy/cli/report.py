@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cappy.evaluate.report import merge_reports
+from cappy.io import atomic_write
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="merge the results of several eval runs into one markdown table")
@@ -14,9 +17,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from cappy.evaluate.report import merge_reports
-    from cappy.io import atomic_write
-
     text = merge_reports(args.dirs)
     with atomic_write(args.out) as f:
         f.write(text)

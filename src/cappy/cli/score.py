@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from cappy.batch import check_input, process_device, rank_jsonl, score_jsonl
 from cappy.cli import DTYPE_HELP, quiet_libraries, show_progress
 
 DEFAULT_MODEL = "cappy-mini"
@@ -75,8 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from cappy.batch import process_device
-    from cappy.model import Cappy
+    from cappy.model import Cappy  # deferred: imports torch
 
     quiet_libraries(args.verbose)
     device = process_device(args.device)  # under accelerate/torchrun: this process's own device
@@ -101,8 +101,6 @@ def _report(command: str, stats: dict[str, int]) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from cappy.batch import check_input, score_jsonl
-
     fields = {"instruction_field": args.instruction_field, "response_field": args.response_field}
     check_input(args.input, [(args.instruction_field, str), (args.response_field, str)], args.skip_bad_lines)
     scorer = _load(args)
@@ -114,8 +112,6 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def run_rank(args: argparse.Namespace) -> int:
-    from cappy.batch import check_input, rank_jsonl
-
     fields = {"instruction_field": args.instruction_field, "candidates_field": args.candidates_field}
     check_input(args.input, [(args.instruction_field, str), (args.candidates_field, list)], args.skip_bad_lines)
     scorer = _load(args)

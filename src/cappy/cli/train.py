@@ -8,7 +8,7 @@ import json
 import sys
 
 from cappy.cli import add_job_options, job_config
-from cappy.train.config import TrainConfig  # no torch: the parser reads the settings' fields
+from cappy.train.config import TrainConfig, preset_path, yaml_settings  # no torch: the parser reads the fields
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cappy.train import train
-    from cappy.train.config import preset_path, yaml_settings
+    from cappy.train import train  # deferred: imports torch
 
     cfg = job_config(args, base=yaml_settings(args.config), base_source=str(preset_path(args.config)))
     result = train(cfg)  # a TrainingError ends the command with exit status 3 (cappy.cli.main)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cappy.data.bigbench import load_bigbench_task
 from cappy.errors import InputError
 from cappy.io import iter_jsonl
 
@@ -197,8 +198,6 @@ def _iter_dir(path: Path, split: str | None, skip_bad_lines: bool, stats: dict[s
 
 
 def _iter_bigbench(path: Path, split: str | None):
-    from cappy.data.bigbench import load_bigbench_task
-
     task = load_bigbench_task(path)
     if split is None:
         examples = task.examples

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cappy.errors import InputError
+from cappy.generate.llamacpp import LlamaCppGenerator
 
 #: prompt and choice are joined with this separator (a choice is a continuation of the prompt).
 SEPARATOR = " "
@@ -91,8 +92,6 @@ class LlamaCppLogLik(LogLikelihood):
     def __init__(
         self, model_path: str | os.PathLike | None = None, n_ctx: int = 1024, n_threads: int | None = None, **kw: Any
     ) -> None:
-        from cappy.generate.llamacpp import LlamaCppGenerator
-
         # the generator owns loading (packaged Gemma by default) and reading the last logits; reuse both
         self.gen = LlamaCppGenerator(model_path, n_ctx=n_ctx, n_threads=n_threads, **kw)
         self.llm = self.gen.llm

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cappy.data.readers import read_examples
-from cappy.data.templates import Template, load_templates
+from cappy.data.templates import Template, load_template_file, load_templates, select_templates
 from cappy.errors import InputError
 from cappy.evaluate.config import DEFAULT_SUITE as DEFAULT_SUITE  # defined with the settings; also here
 from cappy.evaluate.config import METHODS, MCConfig
@@ -58,14 +58,10 @@ def sample_examples(path: str, max_examples: int | None, seed: int) -> list[tupl
 def build_prompts(task: MCTask, cfg: MCConfig) -> tuple[list[MCPrompt], dict[str, Any]]:
     """Render every (example, template) of a task; returns the prompts and a description of what was used."""
     if task.template_root:
-        from cappy.data.templates import load_template_file
-
         templates = load_template_file(Path(task.template_root) / task.key / "templates.yaml", task.key)
     else:
         templates = load_templates(task.key)
     if task.templates != "all":
-        from cappy.data.templates import select_templates
-
         templates = select_templates(templates, task.templates)
     templates = pick_templates(templates, cfg.max_templates)
     if not templates:

@@ -23,6 +23,7 @@ import numpy as np
 from cappy.errors import InputError
 from cappy.io import sha256_file
 from cappy.metrics import HARD_SOURCES, pairwise_accuracy
+from cappy.train.data import read_column, read_dev
 
 
 def choice_accuracy(
@@ -54,8 +55,6 @@ def choice_accuracy(
 def evaluate_pairs(scorer: Any, path: str | Path, batch_size: int = 64, show_progress: bool = False) -> dict[str, Any]:
     """Every metric above for ``scorer`` (a :class:`cappy.Cappy`) on the pairs at ``path``; the file's sha256 is
     recorded so that two models are known to be compared on the same split."""
-    from cappy.train.data import read_column, read_dev
-
     pairs = read_dev(str(path))
     sources = read_column(str(path), "source")
     if sources is None:

@@ -6,6 +6,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -17,9 +18,11 @@ from cappy.errors import InputError
 from cappy.evaluate.bigbench import default_tasks, evaluate_bigbench
 from cappy.evaluate.config import BigBenchEvalConfig, MCEvalConfig, PairsEvalConfig
 from cappy.evaluate.guard import check_contamination
+from cappy.evaluate.loglik import CachedLogLik, HFLogLik, LlamaCppLogLik
 from cappy.evaluate.mc import MCTask, evaluate_mc, file_sha256
 from cappy.evaluate.pairs import evaluate_pairs
 from cappy.evaluate.report import write_run
+from cappy.generate import CandidateSource
 
 
 def weights_sha256(path: str | Path) -> str | None:
@@ -38,7 +41,7 @@ def load_eval_scorer(
     """``(Cappy, record)`` for an evaluation: the contamination guard over ``(task, dataset key, file sha256)``
     first (unless allowed), then the model, and the record results.json keeps (name, path, weights sha, precision).
     """
-    from cappy.model import Cappy, resolve_model_path
+    from cappy.model import Cappy, resolve_model_path  # deferred: imports torch
 
     path = resolve_model_path(model)
     if not allow_contaminated:
@@ -50,8 +53,6 @@ def load_eval_scorer(
 
 def make_loglik(spec: str, cache: str | Path, threads: int | None = None) -> Any:
     """``llamacpp``, ``llamacpp:/path/model.gguf`` or ``hf:/path/or/id`` -> a cached log-likelihood backend."""
-    from cappy.evaluate.loglik import CachedLogLik, HFLogLik, LlamaCppLogLik
-
     kind, _, arg = spec.partition(":")
     if kind == "llamacpp":
         inner = LlamaCppLogLik(arg or None, n_threads=threads)
@@ -156,8 +157,6 @@ def run_bigbench(
 
 
 def _source(cfg: BigBenchEvalConfig, recipe: str, cache: Any) -> Any:
-    from cappy.generate import CandidateSource
-
     generator = generator_factory(cfg.generator, cfg.gen_model, cfg.generator_options)
     return CandidateSource(recipe, cache=cache, generator=generator, seed=cfg.seed, show_progress=cfg.show_progress)
 
@@ -233,9 +232,7 @@ def run_pairs(config: PairsEvalConfig | None = None, **settings: Any) -> dict[st
     """Dev metrics of every model on one pair file (:func:`cappy.evaluate.pairs.evaluate_pairs`), by model name;
     written as JSON to ``out`` when given. Example: ``run_pairs(dev="dev.jsonl", models=["cappy-mini", "run/best"])``
     """
-    import json
-
-    from cappy.model import Cappy
+    from cappy.model import Cappy  # deferred: imports torch
 
     cfg = PairsEvalConfig.build(config, settings, "run_pairs()")
     results = {}

@@ -11,6 +11,7 @@ import torch
 
 from cappy.errors import InputError
 from cappy.generate.base import Candidate, Decoding, Generator, Recipe, derive_seed, stop_cut
+from cappy.model.precision import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ class HFGenerator(Generator):
         trust_remote_code: bool = False,
     ) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-        from cappy.model.precision import resolve_device, resolve_dtype
 
         if isinstance(model, str | os.PathLike):
             path = str(model)

@@ -14,6 +14,8 @@ from typing import Any
 
 from cappy.errors import InputError, InputTypeError
 from cappy.generate.base import DEFAULT_RECIPE, Candidate, Generator, Recipe, load_recipe, prompt_id_of
+from cappy.generate.cache import generate_to_cache, read_generations
+from cappy.generate.openai import OpenAIGenerator
 
 BACKENDS = ("llamacpp", "hf", "openai")
 
@@ -54,17 +56,15 @@ def load_generator(backend: str, model: str | None = None, **options: Any) -> Ge
         raise InputTypeError(f"unknown generator option(s) {unknown}")
     options = {k: v for k, v in options.items() if v is not None and k in OPTIONS[backend]}
     if backend == "llamacpp":
-        from cappy.generate.llamacpp import LlamaCppGenerator
+        from cappy.generate.llamacpp import LlamaCppGenerator  # deferred: numpy; keeps cappy --help fast
 
         return LlamaCppGenerator(model, **options)
     if backend == "hf":
-        from cappy.generate.hf import HFGenerator
+        from cappy.generate.hf import HFGenerator  # deferred: imports torch
 
         if not model:
             raise InputError("backend 'hf' needs a model (a model directory or hub id)")
         return HFGenerator(model, **options)
-    from cappy.generate.openai import OpenAIGenerator
-
     base_url = options.pop("base_url", None)
     if not base_url or not model:
         raise InputError("backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1) and a model name")
@@ -119,8 +119,6 @@ class CandidateSource:
         return self._generator is not None or self._factory is not None
 
     def _cached(self) -> dict[str, list[Candidate]]:
-        from cappy.generate.cache import read_generations
-
         if self._read is None:
             if self.cache is None or not self.cache.exists():
                 self._read = {}
@@ -172,8 +170,6 @@ class CandidateSource:
                 )
             if self.recipe is None:
                 raise InputError(f"{self.cache}: prompts are missing; a recipe is needed to generate them")
-            from cappy.generate.cache import generate_to_cache
-
             gen = self.generator
             generate_to_cache(gen, missing, self.recipe, self.cache, self.seed, self.show_progress, total=len(missing))
             self._read = None

@@ -120,7 +120,7 @@ class CappyLM(LM):
                 f"unknown model_args for --model cappy: {', '.join(sorted(unknown))}; known: {', '.join(_SETTINGS)}"
             )
         super().__init__()
-        from cappy.model import Cappy
+        from cappy.model import Cappy  # deferred: imports torch
 
         rows = _rows_per_batch(batch_size, max_batch_size)
         if rows == 1:

@@ -116,7 +116,7 @@ def reward_function(
         [0.87]
         >>> GRPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", reward_funcs=reward, args=GRPOConfig(), train_dataset=ds)
     """
-    from cappy.model import Cappy
+    from cappy.model import Cappy  # deferred: imports torch
 
     if isinstance(model, Cappy):
         if (device, dtype, max_length) != ("auto", "auto", None):

@@ -21,6 +21,7 @@ from cappy.metrics import HARD_SOURCES, pairwise_accuracy
 from cappy.model.checkpoint import load_scorer_model
 from cappy.model.encoding import collate_pairs, encode_pairs
 from cappy.model.precision import cpu_has_native_bf16
+from cappy.model.scorer import Cappy
 from cappy.train.config import TrainConfig
 from cappy.train.data import Pairs, PairSource, Plan, read_column, read_dev
 from cappy.train.record import build_record, write_record
@@ -144,8 +145,6 @@ class Trainer:
 
         set_seed(cfg.seed)
         model, self.tokenizer = _load_model(cfg)
-        from cappy.model import Cappy
-
         # The Cappy wrapper clamps max_length to the model's positions (and scores dev); training encodes and collates
         # with the same cappy.model.encoding functions as scoring (_inputs).
         self.scorer = Cappy(
@@ -278,8 +277,6 @@ class Trainer:
     def save_model(self, directory: Path) -> None:
         """Write a Cappy checkpoint (the scorer's format). A subfolder such as best/ is built beside and swapped in
         whole; the run folder itself gets its files replaced one by one (it also holds training_state/)."""
-        from cappy.model import Cappy
-
         acc = self.accelerator
         state = acc.get_state_dict(self.model)
         if acc.is_main_process:
