@@ -27,6 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from cappy.data.bigbench import held_aside
+from cappy.errors import InputError
+from cappy.evaluate.bigbench import BBConfig, task_prompts
+from cappy.generate import CandidateSource
+from cappy.generate.base import stop_cut
+from cappy.model import Cappy
+from cappy.paths import cache_dir
+
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 SOURCE_ROOT = Path(__file__).resolve().parents[3]
 #: the committed cpu8_stop Gemma 3 270M candidates of BIG-Bench train prompts (a source checkout only)
@@ -71,15 +79,15 @@ def load_jsonl(path: str | os.PathLike, required: Sequence[str]) -> list[dict[st
             try:
                 row = json.loads(line)
             except ValueError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from None
+                raise InputError(f"{where}: not valid JSON ({err})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
             missing = [k for k in required if k not in row]
             if missing:
-                raise ValueError(f"{where}: missing field(s) {missing}")
+                raise InputError(f"{where}: missing field(s) {missing}")
             rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     return rows
 
 
@@ -94,19 +102,17 @@ def load_best_of_n_prompts(path: str | os.PathLike | None = None) -> list[dict[s
     for i, r in enumerate(rows, start=1):
         refs = r["references"]
         if not isinstance(refs, list) or not refs or not all(isinstance(x, str) and x.strip() for x in refs):
-            raise ValueError(f"{path}: row {i} ({r['id']}): references must be a non-empty list of non-empty strings")
+            raise InputError(f"{path}: row {i} ({r['id']}): references must be a non-empty list of non-empty strings")
         if not isinstance(r["prompt"], str) or not r["prompt"].strip():
-            raise ValueError(f"{path}: row {i} ({r['id']}): the prompt must be a non-empty string")
+            raise InputError(f"{path}: row {i} ({r['id']}): the prompt must be a non-empty string")
         if r["prompt"] in seen:
-            raise ValueError(f"{path}: row {i} ({r['id']}): the same prompt appears twice")
+            raise InputError(f"{path}: row {i} ({r['id']}): the same prompt appears twice")
         seen.add(r["prompt"])
     return rows
 
 
 def demo_cache_dir() -> Path:
     """Where the demo keeps generations and the adapted model: ``<cappy cache>/demo`` (``~/.cache/cappy/demo``)."""
-    from cappy.paths import cache_dir
-
     return cache_dir() / "demo"
 
 
@@ -132,7 +138,7 @@ def bootstrap_mean(values: Sequence[float], resamples: int = RESAMPLES, seed: in
     """
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
-        raise ValueError("a bootstrap interval needs at least one value")
+        raise InputError("a bootstrap interval needs at least one value")
     draws = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
     lo, hi = np.percentile(x[draws].mean(axis=1), [2.5, 97.5])
     return Interval(float(x.mean()), float(lo), float(hi))
@@ -146,7 +152,7 @@ def paired_difference(
     Example: ``paired_difference([0.5, 1.0], [0.0, 1.0]).value`` -> 0.25
     """
     if len(a) != len(b):
-        raise ValueError(f"paired values differ in length: {len(a)} vs {len(b)}")
+        raise InputError(f"paired values differ in length: {len(a)} vs {len(b)}")
     return bootstrap_mean(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), resamples, seed)
 
 
@@ -174,7 +180,7 @@ def baseline_strategies(candidates: Sequence[Sequence[Any]]) -> list[str]:
     """
     decodings = [c.decoding for cs in candidates for c in cs]
     if not decodings:
-        raise ValueError("no candidates")
+        raise InputError("no candidates")
     every_prompt_has_greedy = all(any(c.decoding == "greedy" for c in cs) for cs in candidates)
     first = "greedy" if every_prompt_has_greedy else decodings[0]
     out = [f"first:{first}"]
@@ -192,8 +198,6 @@ def _best_baseline(table: dict[str, Interval]) -> str:
 # --------------------------------------------------------------------------- the scorer
 def load_demo_scorer() -> tuple[Any, str]:
     """cappy-mini if embedded, else an untrained MiniLM stand-in (with a note saying so)."""
-    from cappy import Cappy
-
     try:
         return Cappy.from_pretrained("cappy-mini", device="cpu"), "cappy-mini (embedded)"
     except FileNotFoundError:
@@ -238,7 +242,7 @@ def choose_demo(scorer: Any, path: str | os.PathLike | None = None) -> tuple[lis
     out, right = [], 0
     for i, r in enumerate(rows, start=1):
         if r["answer"] not in r["candidates"]:
-            raise ValueError(f"{path}: row {i}: the answer {r['answer']!r} is not among the candidates")
+            raise InputError(f"{path}: row {i}: the answer {r['answer']!r} is not among the candidates")
         ranked = scorer.rank(r["instruction"], r["candidates"])
         chosen = ranked[0]["text"]
         right += chosen == r["answer"]
@@ -253,8 +257,6 @@ def generation_cache(recipe: Any) -> Path:
     instead of reusing candidates of the old one. Example: ``generation_cache(load_recipe(DEFAULT_RECIPE))``
     """
     import inspect
-
-    from cappy.generate.base import stop_cut
 
     key = json.dumps(recipe.to_dict(), sort_keys=True) + inspect.getsource(stop_cut)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
@@ -272,7 +274,6 @@ def best_of_n_candidates(
     the factory builds; the factory is called only when something is missing, so a complete cache needs no LM.
     Example: ``best_of_n_candidates(prompts, load_recipe(DEFAULT_RECIPE), "gens.jsonl", LlamaCppGenerator)``
     """
-    from cappy.generate import CandidateSource
 
     source = CandidateSource(recipe, cache=cache, generator=generator, seed=SEED, show_progress=show_progress)
     try:
@@ -294,8 +295,6 @@ def adaptation_split(
     official split, divided by :func:`cappy.data.bigbench.held_aside`. Validation prompts are not sampled.
     Example: ``name, fit, held = adaptation_split(shared_data_dir() / "bigbench" / ADAPT_TASK)``
     """
-    from cappy.data.bigbench import held_aside
-    from cappy.evaluate.bigbench import BBConfig, task_prompts
 
     name, train, _ = task_prompts(task_dir, BBConfig(max_examples=0, max_train=max_train, seed=seed))
     held = [ex for ex in train if held_aside(ex.input, seed=seed)]

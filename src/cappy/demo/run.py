@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from cappy.adaptation import adapt, default_preset
+from cappy.boost import boost_candidates
 from cappy.demo import (
     ADAPT_TASK,
     COMMITTED_TRAIN_GENS,
@@ -34,6 +36,10 @@ from cappy.demo import (
     score_demo,
     verdict,
 )
+from cappy.generate import DEFAULT_RECIPE, CandidateSource, load_recipe
+from cappy.generate.llamacpp import LlamaCppGenerator
+from cappy.logs import quiet_libraries as quiet
+from cappy.paths import shared_data_dir
 
 
 def cpu_model() -> str:
@@ -50,8 +56,6 @@ def cpu_model() -> str:
 
 def quiet_libraries() -> None:
     """No weight-loading bars or info lines from transformers (llama.cpp's generator keeps its own to errors)."""
-    from cappy.logs import quiet_libraries as quiet
-
     quiet()
 
 
@@ -95,15 +99,10 @@ def job_scoring(scorer: Any) -> str:
 
 # --------------------------------------------------------------------------- job 2
 def _llamacpp_factory() -> Any:
-    from cappy.generate.llamacpp import LlamaCppGenerator
-
     return LlamaCppGenerator(n_threads=os.cpu_count() or 1)
 
 
 def job_best_of_n(scorer: Any, fresh: bool) -> str:
-    from cappy.boost import boost_candidates
-    from cappy.generate import DEFAULT_RECIPE, load_recipe
-
     rows = load_best_of_n_prompts()
     recipe = load_recipe(DEFAULT_RECIPE)
     _step(f"\n== 2. Zero-shot best-of-N: Gemma 3 270M, {len(rows)} fixed questions ({PROMPTS / 'best_of_n.jsonl'}) ==")
@@ -157,12 +156,6 @@ def job_best_of_n(scorer: Any, fresh: bool) -> str:
 
 # --------------------------------------------------------------------------- job 3
 def job_adaptation(scorer: Any, label: str, fresh: bool, overrides: dict[str, Any]) -> str:
-    from cappy import adapt
-    from cappy.adaptation import default_preset
-    from cappy.boost import boost_candidates
-    from cappy.generate import DEFAULT_RECIPE, CandidateSource
-    from cappy.paths import shared_data_dir
-
     _step("\n== 3. Adaptation: cappy.adapt on one BIG-Bench task, then best-of-N on its held-aside train prompts ==")
     task_dir = shared_data_dir() / "bigbench" / ADAPT_TASK
     missing = [p for p in (COMMITTED_TRAIN_GENS, task_dir) if not p.exists()]
