@@ -220,6 +220,16 @@ def test_n_returns_the_best_n_best_first_and_raises_best_of(tiny_scorer, fake):
         assert len({b["seed"] for b in up.bodies}) == 4  # no seed: a random one, still distinct per candidate
 
 
+def test_max_completion_tokens_goes_upstream_by_its_name(tiny_scorer, fake):
+    up = fake()
+    with proxy(tiny_scorer, up.url) as (base, _):
+        sdk(base).chat.completions.create(
+            model="m", messages=CHAT, max_completion_tokens=7, presence_penalty=0.5, extra_body={"best_of": 2}
+        )
+    assert all(b["max_completion_tokens"] == 7 and "max_tokens" not in b for b in up.bodies)
+    assert all(b["presence_penalty"] == 0.5 for b in up.bodies)
+
+
 def test_completions_with_the_sdks_own_best_of(tiny_scorer, fake):
     up = fake()
     prompt = "Question: What is two plus two?\nAnswer:"

@@ -128,6 +128,8 @@ def _upstream_calls(
         if getattr(body, name) is not None:
             common[name] = getattr(body, name)
     max_tokens, stop = _max_tokens(body), _stops(body.stop)
+    # the length field by the name the client used (OpenAI's newer models take only max_completion_tokens)
+    length_field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
     per: list[tuple[dict[str, Any], dict[str, Any]]] = []
     if recipe is None:
         params = {k: getattr(body, k) for k in ("temperature", "top_p") if getattr(body, k) is not None}
@@ -142,7 +144,7 @@ def _upstream_calls(
                 extra = {"top_k": d.top_k} if d.top_k else {}
             per += [(params, extra)] * d.n
     if max_tokens is not None:
-        common["max_tokens"] = max_tokens
+        common[length_field] = max_tokens
     if stop:
         common["stop"] = stop
     calls = []

@@ -100,7 +100,7 @@ class Usage(BaseModel):
 
 
 class CappyCandidate(BaseModel):
-    index: int = Field(description="the candidate's place in sampling order (its seed offset)")
+    index: int = Field(description="its place among the candidates received, in sampling order")
     text: str
     score: float
     finish_reason: str
@@ -179,12 +179,15 @@ class OpenAIErrorBody(BaseModel):
     error: OpenAIError
 
 
+# With stream=true the 200 answer is server-sent events; before OpenAPI 3.2's itemSchema, "schema" describes one event.
 STREAM_CONTENT: dict[str, Any] = {
     "text/event-stream": {
         "schema": {
-            "type": "string",
-            "description": "with stream=true: 'data: {chunk}' events (chat.completion.chunk or text_completion), "
-            "then 'data: [DONE]'",
+            "type": "object",
+            "description": "with stream=true, one server-sent event: its data is a chunk as JSON "
+            "(chat.completion.chunk or text_completion), and [DONE] after the last",
+            "properties": {"data": {"type": "string"}},
+            "required": ["data"],
         }
     }
 }

@@ -67,6 +67,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 def check_open(request: Request) -> None:
+    """Raise :class:`ShuttingDown` (a 503) once the server is closing."""
     if request.app.state.closing:
         raise ShuttingDown("the server is shutting down")
 
@@ -81,6 +82,7 @@ async def score_pairs(
 
 
 def check_count(name: str, n: int, limit: int) -> None:
+    """A 400 for zero items, a 413 above ``limit``. Example: ``check_count("pairs", 9, 8)`` raises a 413"""
     if n == 0:
         raise ApiError(400, "empty_input", f"{name} is empty; send at least one")
     if n > limit:
@@ -93,6 +95,7 @@ def _check_text(name: str, text: str) -> None:
 
 
 def best_first(scores: np.ndarray) -> np.ndarray:
+    """Indices of ``scores``, highest first, ties in input order: ``[1, 3, 2]`` -> ``[1, 2, 0]``."""
     return np.argsort(-scores, kind="stable")
 
 
