@@ -48,6 +48,10 @@ ANSWERS = [
 ]
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default listen backlog of 5 refuses a burst of parallel candidate calls
+
+
 class FakeUpstream:
     """An OpenAI-compatible server on 127.0.0.1 that answers from a script and records every request.
 
@@ -124,7 +128,7 @@ class FakeUpstream:
                     },
                 )
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
