@@ -43,9 +43,7 @@ def _import_openai() -> Any:
     try:
         import openai
     except ImportError as err:
-        raise ImportError(
-            "--upstream needs the official openai SDK: pip install 'cappy[openai]' (or 'cappy[serve]')"
-        ) from err
+        raise ImportError("--upstream needs the official openai SDK: pip install 'cappy[openai]'") from err
     return openai
 
 
