@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from cappy.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -114,9 +116,9 @@ class MicroBatcher:
         pair_cost: PairCost | None = None,
     ) -> None:
         if max_batch_pairs < 1 or max_queue_pairs < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch_pairs and max_queue_pairs must be positive and max_wait_ms >= 0")
+            raise InputError("max_batch_pairs and max_queue_pairs must be positive and max_wait_ms >= 0")
         if (max_slice_cost is None) != (pair_cost is None) or (max_slice_cost is not None and max_slice_cost < 1):
-            raise ValueError("slicing needs both a positive max_slice_cost and a pair_cost function")
+            raise InputError("slicing needs both a positive max_slice_cost and a pair_cost function")
         self.score_fn = score_fn
         self.returns_lengths = returns_lengths
         self.max_batch_pairs = max_batch_pairs
@@ -192,7 +194,7 @@ class MicroBatcher:
         self, instructions: list[str], responses: list[str], key: Hashable = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         if len(instructions) != len(responses):
-            raise ValueError(f"got {len(instructions)} instructions and {len(responses)} responses")
+            raise InputError(f"got {len(instructions)} instructions and {len(responses)} responses")
         if self._closing:
             raise ShuttingDown("the server is shutting down")
         if self._task is None or self._wake is None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
+from cappy.errors import InputError
+
 API_KEY_ENV = "CAPPY_API_KEY"
 UPSTREAM_API_KEY_ENV = "CAPPY_UPSTREAM_API_KEY"
 
@@ -34,20 +36,20 @@ class ServeConfig:
     def __post_init__(self) -> None:
         for name in ("max_items_per_request", "max_batch_pairs", "max_queue_pairs", "max_body_bytes", "best_of"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+            raise InputError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.max_queue_pairs < self.max_items_per_request:
-            raise ValueError(
+            raise InputError(
                 f"max_queue_pairs ({self.max_queue_pairs}) must be at least max_items_per_request "
                 f"({self.max_items_per_request}), or a full request could never be accepted"
             )
         if self.api_key is not None and not self.api_key.strip():
-            raise ValueError("api_key is empty; leave it unset to serve without a key")
+            raise InputError("api_key is empty; leave it unset to serve without a key")
         if self.slice_tokens is not None and (not isinstance(self.slice_tokens, int) or self.slice_tokens < 0):
-            raise ValueError(f"slice_tokens must be None, 0 (off) or a positive int, got {self.slice_tokens!r}")
+            raise InputError(f"slice_tokens must be None, 0 (off) or a positive int, got {self.slice_tokens!r}")
         if self.best_of > self.max_items_per_request:
-            raise ValueError(
+            raise InputError(
                 f"best_of ({self.best_of}) must be at most max_items_per_request ({self.max_items_per_request})"
             )
 
@@ -69,14 +71,14 @@ class UpstreamConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"the upstream URL must start with http:// or https://, got {self.url!r}")
+            raise InputError(f"the upstream URL must start with http:// or https://, got {self.url!r}")
         self.url = self.url.rstrip("/")
         if not self.timeout > 0:
-            raise ValueError(f"upstream timeout must be > 0 seconds, got {self.timeout!r}")
+            raise InputError(f"upstream timeout must be > 0 seconds, got {self.timeout!r}")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ValueError(f"upstream max_retries must be an int >= 0, got {self.max_retries!r}")
+            raise InputError(f"upstream max_retries must be an int >= 0, got {self.max_retries!r}")
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
-            raise ValueError(f"upstream concurrency must be a positive int, got {self.concurrency!r}")
+            raise InputError(f"upstream concurrency must be a positive int, got {self.concurrency!r}")
         if self.api_key is not None and not self.api_key.strip():
             self.api_key = None
 

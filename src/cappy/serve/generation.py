@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from cappy.errors import InputError
 from cappy.generate import (
     DEFAULT_RECIPE,
     Candidate,
@@ -41,14 +42,14 @@ def recipe_factory(default: str = DEFAULT_RECIPE) -> Callable[[str | None, int |
         elif name in available_recipes():
             recipe = load_recipe(name)
         else:
-            raise ValueError(f"unknown recipe {name!r}; this server offers {make.names}")
+            raise InputError(f"unknown recipe {name!r}; this server offers {make.names}")
         if n is None or n == recipe.num_candidates:
             return recipe
         if n > recipe.num_candidates:
             # more samples of the recipe's last sampling decoding, so a request gets the n it asks for
             last = max((i for i, d in enumerate(recipe.decodings) if d.method == "sample"), default=None)
             if last is None:
-                raise ValueError(
+                raise InputError(
                     f"recipe {recipe.name!r} has no sampling decoding to make more than "
                     f"{recipe.num_candidates} candidates"
                 )

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import uvicorn
 
+from cappy.errors import InputError
 from cappy.generate import DEFAULT_RECIPE
 from cappy.model import Cappy, resolve_device
 from cappy.serve.app import create_app
@@ -62,7 +63,7 @@ def serve(
         threads = max(1, torch.get_num_threads() - 1)
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {threads}")
+            raise InputError(f"num_threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     budget = max_tokens_per_batch if max_tokens_per_batch is not None else (CPU_TOKEN_BUDGET if on_cpu else 16384)
     scorer = Cappy.from_pretrained(

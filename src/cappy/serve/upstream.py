@@ -43,7 +43,7 @@ def _import_openai() -> Any:
     try:
         import openai
     except ImportError as err:
-        raise ImportError("--upstream needs the official openai SDK: pip install 'cappy[openai]'") from err
+        raise ImportError("--upstream needs the official openai SDK: pip install 'cappy[serve]'") from err
     return openai
 
 
