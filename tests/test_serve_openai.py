@@ -737,7 +737,7 @@ def test_cli_serve_upstream(gemma, tiny_model_dir, tiny_scorer):
 
 def test_upstream_without_the_sdk_is_a_clear_error(tiny_scorer, monkeypatch):
     monkeypatch.setitem(sys.modules, "openai", None)  # what `import openai` sees when it is not installed
-    with pytest.raises(ImportError, match=r"pip install 'cappy\[openai\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'cappy\[serve\]'"):
         create_app(tiny_scorer, upstream=UpstreamConfig("http://127.0.0.1:1/v1"))
     with pytest.raises(ValueError, match="http://"):
         UpstreamConfig("127.0.0.1:8000/v1")
