@@ -4,9 +4,6 @@ errors, and a real ``python -m llama_cpp.server`` serving the Gemma GGUF."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -16,6 +13,8 @@ import pytest
 
 from cappy.generate import Decoding, GenerationError, Recipe
 from cappy.generate.openai import OpenAIGenerator
+from llama_server import free_port
+from llama_server import llama_server as start_llama_server
 
 RECIPE = Recipe("t", (Decoding("beam", num_beams=4), Decoding("sample", temperature=0.9, n=3)), 1, 8)
 
@@ -222,14 +221,8 @@ def test_timeout_is_retried_then_reported(scripted):
     gen.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_server_is_a_clear_error():
-    gen = _gen(f"http://127.0.0.1:{_free_port()}/v1", max_retries=1)
+    gen = _gen(f"http://127.0.0.1:{free_port()}/v1", max_retries=1)
     t0 = time.monotonic()
     with pytest.raises(
         GenerationError, match=r"cannot reach http://127.0.0.1:\d+/v1/completions .*is the server running"
@@ -271,7 +264,7 @@ def test_sdk_errors_map_to_generation_errors_naming_what_failed(scripted):
     assert isinstance(info.value.__cause__, openai.InternalServerError) and info.value.__cause__.status_code == 503
     gen.close()
 
-    gen = _gen(f"http://127.0.0.1:{_free_port()}/v1", max_retries=0)
+    gen = _gen(f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
     with pytest.raises(GenerationError, match=r"cannot reach .*\(.*(refused|connect).*\) after 1 attempt") as info:
         gen.generate(["p"], GREEDY)
     assert type(info.value.__cause__) is openai.APIConnectionError
@@ -335,45 +328,9 @@ def test_missing_sdk_is_a_clear_import_error(monkeypatch):
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
-    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
-    from cappy.generate.llamacpp import gemma_gguf_path
-
-    port = _free_port()
-    # cappy's wrapper of `python -m llama_cpp.server` (same arguments) applies the AMX workaround first
-    cmd = [sys.executable, "-m", "cappy.generate.llama_server", "--model", str(gemma_gguf_path())]
-    cmd += ["--host", "127.0.0.1"]
-    cmd += [
-        "--port",
-        str(port),
-        "--n_ctx",
-        "512",
-        "--n_threads",
-        "2",
-        "--logits_all",
-        "true",
-        "--model_alias",
-        "gemma",
-    ]
-    log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    # The server logs a lot while loading: a pipe nobody reads would fill up and block it, so log to a file.
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"llama_cpp.server did not start: {log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.2)
-    yield f"{url}/v1"
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    """cappy's wrapper of `python -m llama_cpp.server`; log-probabilities of every token for /v1/completions."""
+    with start_llama_server(tmp_path_factory.mktemp("llama-server"), ["--logits_all", "true"]) as (url, _):
+        yield url
 
 
 @pytest.mark.slow  # about a minute: the server computes log-probabilities over Gemma's 262k vocabulary
