@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from cappy.cli import add_generator_args, add_job_options, generator_settings, job_config, quiet_libraries
 from cappy.evaluate.config import METHODS, BigBenchEvalConfig, MCEvalConfig, PairsEvalConfig  # light: no numpy
+from cappy.evaluate.suites import SUITES, describe_suites
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +23,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Every setting of cappy.evaluate.MCEvalConfig: an option below, --set KEY=VALUE, or --config.",
     )
     add_job_options(mc, MCEvalConfig)
+    # not a field flag: the parser's own "suite" is the subcommand (mc, bigbench, pairs)
+    mc.add_argument(
+        "--suite",
+        dest="task_suite",
+        default=argparse.SUPPRESS,
+        metavar="NAME",
+        help="a named task suite (--list-suites); --task then replaces a suite task's data, e.g. "
+        "--suite paper --task story_cloze/2016=PATH; the paper suite evaluates every template and example unless "
+        "--max-examples/--max-templates say otherwise",
+    )
     mc.add_argument("--list-methods", action="store_true", help="print the method names and exit")
+    mc.add_argument("--list-suites", action="store_true", help="print the suites, their tasks and sources and exit")
     mc.set_defaults(func=run_mc)
 
     bb = esub.add_parser(
@@ -54,7 +67,17 @@ def run_mc(args: argparse.Namespace) -> int:
         for name, desc in METHODS.items():
             print(f"{name:10s} {desc}")
         return 0
-    cfg = job_config(args, extra={"command": args.command_line})
+    if args.list_suites:
+        print(describe_suites())
+        return 0
+    extra: dict[str, Any] = {"command": args.command_line}
+    defaults: dict[str, Any] = {}
+    if hasattr(args, "task_suite"):
+        extra["suite"] = args.task_suite
+        if args.task_suite in SUITES:  # the suite's own sampling (the paper's: all), under any file or option
+            defaults = {"max_examples": SUITES[args.task_suite].max_examples or 0}
+            defaults["max_templates"] = SUITES[args.task_suite].max_templates or 0
+    cfg = job_config(args, defaults=defaults, extra=extra)
     quiet_libraries(args.verbose, llama=cfg.llm.startswith("llamacpp"))
     run_mc(cfg)
     print((Path(cfg.out) / "report.md").read_text())

@@ -1,6 +1,7 @@
 """Evaluation: zero-shot multiple choice (`mc`), BIG-Bench boosting (`bigbench`), dev pairs, reports and plots.
 
-Each run's settings are one config: :class:`MCEvalConfig` (`cappy eval mc`), :class:`BigBenchEvalConfig`
+Named task suites (``heldout``, the paper's ``paper``) are :data:`SUITES` (:mod:`cappy.evaluate.suites`). Each
+run's settings are one config: :class:`MCEvalConfig` (`cappy eval mc`), :class:`BigBenchEvalConfig`
 (`cappy eval bigbench`) and :class:`PairsEvalConfig` (`cappy eval pairs`), run by the functions of
 :mod:`cappy.evaluate.runs` (``run_mc``, ``run_bigbench``, ``run_pairs``).
 """
@@ -18,6 +19,7 @@ from cappy.evaluate.config import (  # light: the command line reads these
     MCEvalConfig,
     PairsEvalConfig,
 )
+from cappy.evaluate.suites import SUITES, get_suite  # light: names and published numbers only
 
 __all__ = [
     "DEFAULT_SUITE",
@@ -29,8 +31,10 @@ __all__ = [
     "MCEvalConfig",
     "MCTask",
     "PairsEvalConfig",
+    "SUITES",
     "check_contamination",
     "evaluate_mc",
+    "get_suite",
     "merge_reports",
     "paired_bootstrap",
     "write_run",

@@ -15,24 +15,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 from cappy.config import ConfigError, JobConfig, setting
+from cappy.evaluate.suites import DEFAULT_SUITE as DEFAULT_SUITE  # defined with the other suites; also here
+from cappy.evaluate.suites import DEFAULT_SUITE_NAME, SUITES, get_suite
 from cappy.generate.base import DEFAULT_RECIPE
 from cappy.generate.source import BACKENDS
 from cappy.paths import shared_data_dir
 from cappy.train.config import TrainConfig  # the settings only: cappy.train.config needs no torch
 
 SHARED = shared_data_dir()
-
-#: The default held-out suite: (task name, PromptSource key, file under shared/data/heldout).
-DEFAULT_SUITE: tuple[tuple[str, str, str], ...] = (
-    ("anli_r1", "anli", "anli_r1_dev.jsonl"),
-    ("anli_r2", "anli", "anli_r2_dev.jsonl"),
-    ("anli_r3", "anli", "anli_r3_dev.jsonl"),
-    ("super_glue/cb", "super_glue/cb", "super_glue_cb_val.jsonl"),
-    ("super_glue/copa", "super_glue/copa", "super_glue_copa_val.jsonl"),
-    ("super_glue/rte", "super_glue/rte", "super_glue_rte_val.jsonl"),
-    ("hellaswag", "hellaswag", "hellaswag_val.jsonl"),
-    ("winogrande/winogrande_xl", "winogrande/winogrande_xl", "winogrande_xl_val.jsonl"),
-)
 
 METHODS = {
     "cappy": "the Cappy scorer (--model): argmax of score(instruction, choice)",
@@ -44,13 +34,15 @@ METHODS = {
 
 @dataclass
 class MCTask:
-    """One task: a name, a PromptSource template key, a data source and the template choice."""
+    """One task: a name, a PromptSource template key, a data source (a local file or folder, or
+    ``hub:ID[:CONFIG]``), the template choice, and the split to read (hub ids and saved DatasetDicts only)."""
 
     name: str
     key: str
     path: str
     templates: str | Sequence[str] = "all"
     template_root: str | None = None
+    split: str | None = None
 
     @classmethod
     def parse(cls, spec: str) -> MCTask:
@@ -86,7 +78,10 @@ class MCConfig:
 class MCEvalConfig(MCConfig, JobConfig):
     """Every setting of a zero-shot multiple-choice run (:func:`cappy.evaluate.runs.run_mc`, `cappy eval mc`): its
     Python API, its YAML file and its command line. ``tasks`` are ``DATASET[/CONFIG]=PATH`` specs (or mappings of
-    :class:`MCTask` fields); none means the held-out suite.
+    :class:`MCTask` fields); none means the held-out suite. ``suite`` names a suite of
+    :mod:`cappy.evaluate.suites` (``paper``: the paper's 11 tasks); ``tasks`` then replace the data of the suite's
+    tasks they name (``story_cloze/2016=PATH``), and the paper's protocol (every template, every example) is
+    ``max_examples=0, max_templates=0`` (`cappy eval mc --suite paper` sets both unless given).
 
     Example:
         >>> cfg = MCEvalConfig(methods=["cappy", "chance"], max_examples=20, out="runs/eval/mc")
@@ -97,6 +92,9 @@ class MCEvalConfig(MCConfig, JobConfig):
 
     tasks: list[str | dict[str, Any]] = setting(
         [], "DATASET[/CONFIG]=PATH, repeatable (default: the held-out suite)", flags=("--task",)
+    )
+    suite: str | None = setting(
+        None, "a named suite: " + ", ".join(SUITES) + "; --task then replaces a suite task's data (--suite)"
     )
     methods: list[str] = setting(
         list(METHODS), "methods to compare: " + ", ".join(METHODS) + " (comma-separated)", flags=("--methods",)
@@ -134,21 +132,48 @@ class MCEvalConfig(MCConfig, JobConfig):
             )
         if not self.methods:
             raise ConfigError("methods is empty: give at least one of " + ", ".join(METHODS))
+        if self.suite is not None and self.suite not in SUITES:
+            close = difflib.get_close_matches(self.suite, list(SUITES), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"unknown suite {self.suite!r}; suites: {', '.join(SUITES)}{hint}")
 
     def mc_tasks(self) -> list[MCTask]:
-        """The tasks as :class:`MCTask` (the held-out suite under the shared data when none are given)."""
-        if not self.tasks:
-            return [MCTask(name, key, str(SHARED / "heldout" / f)) for name, key, f in DEFAULT_SUITE]
-        out = []
-        for t in self.tasks:
-            if isinstance(t, str):
-                out.append(MCTask.parse(t))
-                continue
-            known = {f.name for f in fields(MCTask)}
-            if set(t) - known or not {"name", "key", "path"} <= set(t):
-                raise ConfigError(f"task {t}: a task mapping has name, key and path (and templates, template_root)")
-            out.append(MCTask(**t))
+        """The tasks as :class:`MCTask`: those given, or the suite's (the held-out suite when neither is given) with
+        the given ones replacing the data of the suite tasks they name. A suite task without data (StoryCloze of
+        the paper suite) is an error that says what is missing and how to get it."""
+        given = [self._task(t) for t in self.tasks]
+        if self.suite is None and given:
+            return given
+        suite = get_suite(self.suite or DEFAULT_SUITE_NAME)
+        by_name = {t.name: t for t in given}
+        for t in given:
+            if t.name not in {s.name for s in suite.tasks}:
+                same_key = [s.name for s in suite.tasks if s.key == t.key]
+                if len(same_key) != 1:
+                    names = ", ".join(f"{s.name} ({s.key})" for s in suite.tasks)
+                    hint = f"; name it, e.g. {same_key[0]}:{t.key}=PATH" if same_key else ""
+                    raise ConfigError(f"task {t.name}: not a task of suite {suite.name} ({names}){hint}")
+                by_name[same_key[0]] = MCTask(same_key[0], t.key, t.path, t.templates, t.template_root, t.split)
+        out, missing = [], []
+        for s in suite.tasks:
+            if s.name in by_name:
+                out.append(by_name[s.name])
+            elif s.source is None:
+                missing.append(f"{s.name}: {s.missing or f'give --task {s.key}=PATH'}")
+            else:
+                out.append(MCTask(s.name, s.key, s.source, split=s.split))
+        if missing:
+            raise ConfigError(f"suite {suite.name} is missing data; " + "; ".join(missing))
         return out
+
+    @staticmethod
+    def _task(t: str | dict[str, Any]) -> MCTask:
+        if isinstance(t, str):
+            return MCTask.parse(t)
+        known = {f.name for f in fields(MCTask)}
+        if set(t) - known or not {"name", "key", "path"} <= set(t):
+            raise ConfigError(f"task {t}: a task mapping has name, key and path (and templates, template_root, split)")
+        return MCTask(**t)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cappy.data.readers import read_examples
+from cappy.data.readers import HUB_PREFIX, read_examples
 from cappy.data.templates import Template, load_template_file, load_templates, select_templates
 from cappy.errors import InputError
 from cappy.evaluate.config import DEFAULT_SUITE as DEFAULT_SUITE  # defined with the settings; also here
@@ -24,6 +24,7 @@ from cappy.evaluate.config import METHODS, MCConfig
 from cappy.evaluate.config import SHARED as SHARED
 from cappy.evaluate.config import MCEvalConfig as MCEvalConfig
 from cappy.evaluate.config import MCTask as MCTask
+from cappy.evaluate.suites import ROW_ADAPTERS, resolve_local
 from cappy.io import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -46,13 +47,47 @@ def pick_templates(templates: list[Template], max_templates: int | None) -> list
     return usable[:max_templates] if max_templates else usable
 
 
-def sample_examples(path: str, max_examples: int | None, seed: int) -> list[tuple[int, dict[str, Any]]]:
-    """A seeded sample (without replacement, kept in file order) of at most ``max_examples`` examples."""
-    rows = list(read_examples(path))
+def sample_examples(
+    path: str, max_examples: int | None, seed: int, split: str | None = None
+) -> list[tuple[int, dict[str, Any]]]:
+    """A seeded sample (without replacement, kept in file order) of at most ``max_examples`` examples.
+
+    ``split`` is read from hub ids (``hub:ID[:CONFIG]``) and saved DatasetDict folders; a file is one split.
+    """
+    is_dict = Path(path).is_dir() and (Path(path) / "dataset_dict.json").exists()
+    use_split = split if str(path).startswith(HUB_PREFIX) or is_dict else None
+    rows = list(read_examples(path, split=use_split) if use_split else read_examples(path))
     idx = list(range(len(rows)))
     if max_examples is not None and len(rows) > max_examples:
         idx = sorted(random.Random(seed).sample(idx, max_examples))
     return [(i, rows[i]) for i in idx]
+
+
+def load_task_examples(task: MCTask, cfg: MCConfig) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
+    """``(where the rows came from, the seeded sample)`` of a task, each row in the dataset's hub schema (the
+    original StoryCloze and CrowS-Pairs files are converted: :data:`cappy.evaluate.suites.ROW_ADAPTERS`)."""
+    path = resolve_local(task.key, task.path)
+    try:
+        examples = sample_examples(path, cfg.max_examples, cfg.seed, task.split)
+    except InputError:
+        raise
+    except Exception as err:  # the hub library's own errors: offline, no such dataset or config, a loading script
+        if not path.startswith(HUB_PREFIX):
+            raise
+        raise InputError(
+            f"task {task.name}: reading {path} (split {task.split}) failed: {type(err).__name__}: {err}; "
+            f"give its data as a local file instead: --task {task.name}:{task.key}=PATH"
+        ) from err
+    adapt = ROW_ADAPTERS.get(task.key)
+    if adapt is not None:
+        converted = []
+        for i, row in examples:
+            try:
+                converted.append((i, adapt(row)))
+            except InputError as err:
+                raise InputError(f"task {task.name}: {path} row {i + 1}: {err}") from None
+        examples = converted
+    return path, examples
 
 
 def build_prompts(task: MCTask, cfg: MCConfig) -> tuple[list[MCPrompt], dict[str, Any]]:
@@ -66,7 +101,7 @@ def build_prompts(task: MCTask, cfg: MCConfig) -> tuple[list[MCPrompt], dict[str
     templates = pick_templates(templates, cfg.max_templates)
     if not templates:
         raise InputError(f"task {task.name}: no template of {task.key!r} has answer choices")
-    examples = sample_examples(task.path, cfg.max_examples, cfg.seed)
+    path, examples = load_task_examples(task, cfg)
     skipped: Counter = Counter()
     prompts: list[MCPrompt] = []
     for t in templates:
@@ -86,11 +121,12 @@ def build_prompts(task: MCTask, cfg: MCConfig) -> tuple[list[MCPrompt], dict[str
                 MCPrompt(task.name, t.name, i, p.instruction, list(p.answer_choices), p.answer_choices.index(p.target))
             )
     if not prompts:
-        raise InputError(f"task {task.name}: no prompt rendered from {task.path} (skipped: {dict(skipped)})")
+        raise InputError(f"task {task.name}: no prompt rendered from {path} (skipped: {dict(skipped)})")
     info = {
         "key": task.key,
-        "path": str(task.path),
-        "sha256": file_sha256(task.path),
+        "path": str(path),
+        **({"split": task.split} if path.startswith(HUB_PREFIX) and task.split else {}),
+        "sha256": file_sha256(path),
         "n_examples": len(examples),
         "templates": [t.name for t in templates],
         "n_prompts": len(prompts),

@@ -71,8 +71,16 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x100(x):.1f}"
 
 
+def _mean_of(column: dict[str, float], tasks: Sequence[str]) -> float | None:
+    """The mean of a published column over the run's tasks (when the run is not the whole suite, whose printed
+    mean is kept); None unless the column has every one of them."""
+    values = [column[t] for t in tasks if t in column]
+    return sum(values) / len(values) if values and len(values) == len(tasks) else None
+
+
 def markdown_report(runs: Sequence[dict[str, Any]], title: str = "cappy report") -> str:
-    """Tasks as rows, methods as columns, the mean last (laid out like the paper's tables)."""
+    """Tasks as rows, methods as columns (then a suite's published columns, e.g. the paper's), the mean last (laid
+    out like the paper's tables)."""
     lines = [f"# {title}", ""]
     for run in runs:
         metric = run.get("metric", "?")
@@ -86,13 +94,20 @@ def markdown_report(runs: Sequence[dict[str, Any]], title: str = "cappy report")
             lines += [f"Sample: {json.dumps(run['sample'])}", ""]
         if "command" in run:
             lines += [f"Command: `{run['command']}`", ""]
-        lines.append("| Task | " + " | ".join(methods) + " |")
-        lines.append("|---|" + "---|" * len(methods))
+        published = (run.get("published") or {}).get("columns") or {}
+        published_means = (run.get("published") or {}).get("means") or {}
+        lines.append("| Task | " + " | ".join([*methods, *published]) + " |")
+        lines.append("|---|" + "---|" * (len(methods) + len(published)))
         for t in tasks:
             row = [_fmt(run["methods"][m]["per_task"].get(t)) for m in methods]
+            row += [_fmt(col.get(t)) for col in published.values()]
             lines.append(f"| {t} | " + " | ".join(row) + " |")
-        lines.append("| **Mean** | " + " | ".join(f"**{_fmt(run['methods'][m]['mean'])}**" for m in methods) + " |")
+        means = [run["methods"][m]["mean"] for m in methods]
+        means += [published_means.get(name, _mean_of(col, tasks)) for name, col in published.items()]
+        lines.append("| **Mean** | " + " | ".join(f"**{_fmt(v)}**" for v in means) + " |")
         lines.append("")
+        if published:
+            lines += [f"Published columns ({', '.join(published)}): {run['published'].get('source', '?')}", ""]
         comps = run.get("comparisons") or {}
         if comps:
             lines += ["Paired bootstrap (95% interval, x100):", ""]

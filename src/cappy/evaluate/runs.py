@@ -14,6 +14,7 @@ from typing import Any
 
 from cappy.adaptation import adapt as adapt_scorer
 from cappy.adaptation import generator_factory
+from cappy.data.readers import HUB_PREFIX
 from cappy.errors import InputError
 from cappy.evaluate.bigbench import default_tasks, evaluate_bigbench
 from cappy.evaluate.config import BigBenchEvalConfig, MCEvalConfig, PairsEvalConfig
@@ -22,6 +23,7 @@ from cappy.evaluate.loglik import CachedLogLik, HFLogLik, LlamaCppLogLik
 from cappy.evaluate.mc import MCTask, evaluate_mc, file_sha256
 from cappy.evaluate.pairs import evaluate_pairs
 from cappy.evaluate.report import write_run
+from cappy.evaluate.suites import DEFAULT_SUITE_NAME, get_suite, published_columns
 from cappy.generate import CandidateSource
 
 
@@ -81,10 +83,16 @@ def run_mc(config: MCEvalConfig | None = None, *positional: Any, **settings: Any
     cfg = MCEvalConfig.build(config, {k: v for k, v in settings.items() if v is not None or k != "tasks"}, "run_mc()")
     tasks = cfg.mc_tasks()
     for t in tasks:
-        if not Path(t.path).exists():
+        if not t.path.startswith(HUB_PREFIX) and not Path(t.path).exists():
             raise FileNotFoundError(f"task {t.name}: {t.path} does not exist")
     out = Path(cfg.out)
     meta: dict[str, Any] = {"models": {}, "command": cfg.command}
+    if cfg.suite is not None or not cfg.tasks:
+        suite = get_suite(cfg.suite or DEFAULT_SUITE_NAME)
+        meta["task_suite"] = suite.name
+        published = published_columns(suite, [t.name for t in tasks])
+        if published is not None:
+            meta["published"] = published
     scorer = loglik = None
     methods = cfg.methods
     if "cappy" in methods:
