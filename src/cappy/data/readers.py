@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ def iter_examples(
     config: str | None = None,
     skip_bad_lines: bool = False,
     stats: dict[str, int] | None = None,
+    shuffle_seed: int | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(where, example)`` from a local file or folder, a BIG-Bench task, or ``hub:NAME[:CONFIG]``.
 
@@ -40,8 +42,11 @@ def iter_examples(
     ``.tsv``, ``.parquet``; folders written by ``datasets.save_to_disk`` (``split`` picks a split of a
     DatasetDict), BIG-Bench task folders (``split`` = "train"/"validation" applies the official rule), and
     folders of ``.parquet``/``.jsonl`` shards (read in name order). ``hub:`` ids go through
-    ``datasets.load_dataset`` (streaming; needs the hub). A malformed line raises :class:`ReaderError` naming
-    file and line unless ``skip_bad_lines``, which counts it in ``stats["bad_lines"]``.
+    ``datasets.load_dataset(name, config, split=...)`` (needs the hub; downloaded once into the datasets cache,
+    since a build reads a dataset once per template). A malformed line raises :class:`ReaderError` naming
+    file and line unless ``skip_bad_lines``, which counts it in ``stats["bad_lines"]``. ``shuffle_seed`` yields
+    the examples in a seeded random order (a hub split through ``Dataset.shuffle``; a local source is read
+    into memory first).
     Example: ``for where, ex in iter_examples("data/boolq.jsonl"): print(where, ex["question"])``
     """
     stats = stats if stats is not None else {}
@@ -49,7 +54,12 @@ def iter_examples(
     text = str(source)
     if text.startswith(HUB_PREFIX):
         name, _, cfg = text[len(HUB_PREFIX) :].partition(":")
-        yield from _iter_hub(name, config or cfg or None, split)
+        yield from _iter_hub(name, config or cfg or None, split, shuffle_seed)
+        return
+    if shuffle_seed is not None:
+        rows = list(iter_examples(source, split=split, config=config, skip_bad_lines=skip_bad_lines, stats=stats))
+        random.Random(shuffle_seed).shuffle(rows)
+        yield from rows
         return
     path = Path(source)
     if not path.exists():
@@ -210,13 +220,19 @@ def _iter_bigbench(path: Path, split: str | None):
         yield ex.where, ex.to_dict()
 
 
-def _iter_hub(name: str, config: str | None, split: str | None):
+def _iter_hub(name: str, config: str | None, split: str | None, shuffle_seed: int | None = None):
     try:
         import datasets
     except ImportError as err:  # pragma: no cover - depends on the installation
         raise ReaderError("reading hub datasets needs the 'datasets' package (pip install 'cappy[hub]')") from err
     if not name:
         raise ReaderError("empty hub dataset id")
-    ds = datasets.load_dataset(name, config, split=split or "train", streaming=True)
+    # Not streamed: a build reads each dataset once per template, and the cached Arrow files make every read
+    # after the first local (and make a seeded shuffle of the whole split possible).
+    ds = datasets.load_dataset(name, config, split=split or "train")
+    where = f"{HUB_PREFIX}{name}{':' + config if config else ''}[{split or 'train'}]"
+    if shuffle_seed is not None:
+        ds = ds.shuffle(seed=shuffle_seed)
+        where += f"(shuffled, seed {shuffle_seed})"
     for i, row in enumerate(ds):
-        yield f"{HUB_PREFIX}{name}{':' + config if config else ''}[{split or 'train'}]#{i}", dict(row)
+        yield f"{where}#{i}", dict(row)
