@@ -151,7 +151,9 @@ def _expected_sources(name: str, spec_templates, k: int) -> dict[str, int]:
             counts["wrong_choice"] += len(
                 {c for c in p.answer_choices or [] if c and c not in {p.target, *p.references}}
             )
-            # The reservoir draws 4k+4 times: with at least 3 of 4 answers free it misses with probability < 1e-4.
+            # The reservoir draws 4k+4 = 8 times; where half the answers are free (the worst case here: paws'
+            # free-text template renders for 2 rows) all 8 miss with probability 1/256. The draws are seeded, so
+            # the outcome is fixed, and it is this one.
             counts["mismatched"] += min(k, len(answers - taken))
     return {s: n for s, n in counts.items() if n}
 

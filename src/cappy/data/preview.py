@@ -169,7 +169,9 @@ def _num(n: int | None, unknown: str = "?") -> str:
 
 def format_plan(mix: Mixture, plans: list[DatasetPlan], generations: int = 0, path: str | None = None) -> str:
     """The dry run's report: one block per dataset in build order, then the totals and the order of pairs.
-    ``path`` is the mixture file as the user named it (for the commands the report suggests)."""
+    ``path`` is the mixture file as the user named it (for the commands the report suggests).
+    Example: ``print(format_plan(mix, plan_build(mix), path="configs/mixtures/t0.yaml"))``
+    """
     k_text = f"mismatched {mix.mismatched}"
     if mix.hard_mismatched:
         k_text += f", hard_mismatched {mix.hard_mismatched}"
