@@ -67,6 +67,59 @@ def _load_model(cfg: TrainConfig) -> tuple[Any, Any]:
     return load_scorer_model(cfg.model, torch.float32, dropout=cfg.dropout, replace_head=True)
 
 
+def _fsdp_requested() -> bool:
+    """`accelerate launch` with an FSDP config (distributed_type: FSDP) says so in the environment."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def _shard_on_cpu(acc: Any, mixed_precision: str) -> None:
+    """Make a multi-process CPU run FSDP as its launch config asks.
+
+    accelerate (1.15) turns every multi-process CPU launch into MULTI_CPU, plain DDP, even under an FSDP config
+    with ``use_cpu: true``, and says nothing. torch's ``fully_shard`` runs on CPU over gloo, so the state is set to
+    FSDP with the plugin the launcher's FSDP_* variables describe, as accelerate does on GPUs, before anything is
+    prepared. Example: ``accelerate launch --config_file fsdp_cpu.yaml -m cappy train ...`` trains sharded.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    if mixed_precision != "no":
+        plugin.set_mixed_precision(mixed_precision)
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+    # Both: every AcceleratorState() copies the process state's distributed_type over its own.
+    for state in (AcceleratorState, PartialState):
+        state._shared_state["distributed_type"] = DistributedType.FSDP
+    if acc.distributed_type != DistributedType.FSDP:  # a later accelerate that keeps its state elsewhere
+        raise TrainingError(f"FSDP on CPU: accelerate still runs {acc.distributed_type.value}; use a GPU or DDP")
+
+
+def _wrap_layers_only(plugin: Any, model: Any) -> None:
+    """Shard transformer layers, not the module holding the input embeddings.
+
+    With TRANSFORMER_BASED_WRAP and no class list, accelerate wraps the model's ``_no_split_modules``, which for
+    BERT and RoBERTa include their Embeddings module; its FSDP2 preparation then shards the word embeddings a second
+    time and fails (``TypeError: Invariant encountered: value was None when it should not be``). accelerate gives
+    the input embeddings a unit of their own anyway, so the layers alone are listed.
+    """
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    if plugin.fsdp_version != 2 or plugin.transformer_cls_names_to_wrap is not None:
+        return
+    policy = getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy)
+    if policy is not transformer_auto_wrap_policy:
+        return
+    embeddings = model.get_input_embeddings()
+    names = getattr(model, "_no_split_modules", None) or []
+    plugin.transformer_cls_names_to_wrap = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if type(m).__name__ in names and not any(sub is embeddings for sub in m.modules())
+        }
+    )
+
+
 def _rank_term(scores: torch.Tensor, labels: torch.Tensor, instructions: list[str]) -> torch.Tensor:
     """Sum over runs of one instruction (>= 2 responses, some positive label) of run size x softmax cross-entropy
     between the scores and the labels normalised to a distribution."""
@@ -120,6 +173,8 @@ class Trainer:
         mp = resolve_mixed_precision(cfg.mixed_precision, cpu)
         logger.info("mixed precision: %s (config: %s)", mp, cfg.mixed_precision)
         self.accelerator = acc = Accelerator(mixed_precision=mp, cpu=cpu)
+        if cpu and _fsdp_requested() and acc.num_processes > 1:
+            _shard_on_cpu(acc, mp)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if acc.num_processes != launched:
             raise InputError(
@@ -130,6 +185,8 @@ class Trainer:
         self.rank = acc.process_index
         self.deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         self.fsdp = acc.distributed_type == DistributedType.FSDP
+        if self.world > 1 or self.fsdp or self.deepspeed:
+            logger.info("distributed: %s over %d processes on %s", acc.distributed_type.value, self.world, acc.device)
         self.out = Path(cfg.output_dir)
         # Data first: bad input stops before any model is loaded.
         self.source = PairSource(cfg.train, cfg.jsonl_block_rows)
@@ -179,6 +236,8 @@ class Trainer:
             ds["train_batch_size"] = self.micro * self.world
             if cfg.max_grad_norm:
                 ds["gradient_clipping"] = cfg.max_grad_norm
+        if self.fsdp:
+            _wrap_layers_only(acc.state.fsdp_plugin, model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(self.scheduler)
         self.update = 0
