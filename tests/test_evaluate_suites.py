@@ -4,6 +4,7 @@ are named, a run over local stand-ins (the datasets' own schemas and files) repo
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,27 @@ def test_list_suites(capsys):
     story = next(line for line in lines if line.split()[:1] == ["story_cloze"])
     assert "--task story_cloze/2016=PATH" in story and "Cappy 0.36B (paper) 93.7" in story
     assert "hub:aps/super_glue:axg [test]" in out and "tanyuqian/cappy" in out
+
+
+def test_reproduce_doc_commands_parse_and_quote_the_published_numbers():
+    import shlex
+
+    from cappy.cli import build_parser
+    from conftest import REPO
+
+    text = (REPO / "docs" / "REPRODUCE.md").read_text()
+    steps = [line for line in text.splitlines() if line.startswith("| ") and "`" in line]  # the table of steps
+    pattern = re.compile(r"`(?:accelerate launch --config_file (\S+) -m )?(cappy [^`]+)`")
+    found = [c for line in steps for c in pattern.findall(line)]
+    assert all((REPO / config).is_file() for config, _ in found if config)
+    commands = [c for _, c in found if "$(" not in c]
+    assert len(commands) == 7  # step 5 builds its task list in the shell
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        _, extra = build_parser().parse_known_args(argv)
+        assert not extra, (command, extra)
+    # the document's zero-shot table is the one the report prints
+    for name, value in PAPER_PUBLISHED["Cappy 0.36B (paper)"].items():
+        label = SUITES["paper"].task(name).label
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label.split(' R')[0]}"))
+        assert f"{value:.1f}" in row, (name, row)
