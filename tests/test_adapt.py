@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from cappy import Cappy, adapt
 from cappy.adaptation import AdaptExample, adaptation_pairs, as_examples, read_examples
@@ -13,6 +18,7 @@ from cappy.generate import Candidate, CandidateSource, Generator, read_generatio
 from cappy.metrics import rouge_l
 from cappy.train import TrainConfig
 from cappy.train.config import adaptation_settings
+from test_train_faults import kill_at_checkpoint
 
 # a tiny run: 64 pairs in batches of 8 at length 64, a large lr so 8 updates visibly move the scores
 FAST = {"num_pairs": 64, "batch_size": 8, "per_device_batch_size": 8, "max_length": 64, "lr": 1e-3}
@@ -214,6 +220,80 @@ def test_cli_adapt_reads_any_format_with_field_options(tiny_model_dir, tmp_path,
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"q": "only a question"}) + "\n")
     assert main(args[:2] + [str(bad)] + args[3:]) == 2
     assert f"{bad}:2: missing field 'gold'" in capsys.readouterr().err
+
+
+def test_cli_adapt_killed_resumes_to_the_weights_of_an_uninterrupted_run(tiny_model_dir, tmp_path, capsys, caplog):
+    rows = [{"instruction": e["instruction"], "references": e["references"]} for e in EXAMPLES]
+    train = tmp_path / "task.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = tmp_path / "gens.jsonl"
+    CandidateSource("quick", cache=cache, generator=EchoGenerator()).get([r["instruction"] for r in rows])
+    args = ["adapt", "--train", str(train), "--model", str(tiny_model_dir("bert")), "--gens", str(cache)]
+    args += ["--recipe", "quick", "--no-progress", "--device", "cpu"]
+    # 320 pairs in updates of about 8 (a batch keeps an instruction's pairs together), a checkpoint every 3; the
+    # preset's listwise term and the checkpoint's dropout stay on, so resuming must restore the optimizer, the
+    # schedule, the data position and the RNG state exactly
+    training = {**FAST, "num_pairs": 320, "per_device_batch_size": 4, "save_every": 3, "log_every": 1}
+    args += [x for k, v in training.items() for x in ("--set", f"{k}={v}")]
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in the subprocess: the same kernels, the same bits
+    try:
+        assert main(args + ["--out", str(tmp_path / "ref")]) == 0
+        capsys.readouterr()
+        out = tmp_path / "killed"
+        cmd = [sys.executable, "-m", "cappy", *args, "--out", str(out)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        killed_at = kill_at_checkpoint(cmd, env, out / "run" / "training_state", 9)
+        assert not (out / "model").exists() and (out / "run" / "adapt.json").is_file()
+
+        # other settings: stopped, the mismatch named, the interrupted run left as it was
+        assert main(args + ["--out", str(out), "--set", "lr=5e-4"]) == 2
+        err = capsys.readouterr().err
+        assert f"{out / 'run'} holds an interrupted adaptation" in err and "lr 0.001 -> 0.0005" in err, err
+        assert "--overwrite" in err
+        # a setting that does not change the weights (how often to checkpoint) does not stop a resume
+        caplog.set_level(logging.INFO, logger="cappy.adaptation")
+        assert main(args + ["--out", str(out), "--set", "save_every=5"]) == 0
+    finally:
+        torch.set_num_threads(saved)
+    resumed = [r.message for r in caplog.records if "resuming the interrupted adaptation" in r.message]
+    assert len(resumed) == 1, caplog.text
+    step = int(resumed[0].rsplit("-", 1)[1])
+    total = json.loads((tmp_path / "ref" / "train_metrics.jsonl").read_text().splitlines()[-1])["update"]
+    assert killed_at <= step < total
+    assert f"(resumed from step-{step:08d})" in capsys.readouterr().err
+    logged = [json.loads(line)["update"] for line in (out / "train_metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, total + 1)), "each update logged once across the kill"
+    assert not (out / "run").exists()  # deleted once the model is saved, as after an uninterrupted run
+
+    # Same kernels on one thread, same batches, the state restored bit for bit: the same weights exactly.
+    ref = load_file(tmp_path / "ref" / "model" / "model.safetensors")
+    got = load_file(out / "model" / "model.safetensors")
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+    start = load_file(tiny_model_dir("bert") / "model.safetensors")
+    assert not torch.equal(start["classifier.weight"], got["classifier.weight"])  # training moved the weights
+
+
+def test_an_interrupted_adaptation_of_other_settings_needs_overwrite(tiny_model_dir, tmp_path, caplog):
+    cache = tmp_path / "gens.jsonl"
+    CandidateSource("quick", cache=cache, generator=EchoGenerator()).get([e["instruction"] for e in EXAMPLES])
+    args = dict(candidates=str(cache), recipe="quick", output_dir=tmp_path / "o", device="cpu", **FAST)
+    first = adapt(str(tiny_model_dir("bert")), EXAMPLES, keep_run=True, **args)
+    # as if killed after the last checkpoint, before the model was saved
+    (tmp_path / "o" / "adapt.json").unlink()
+    with pytest.raises(
+        ValueError, match=r"interrupted adaptation \(checkpoint step-\d+\) with other settings \(lr 0.001 -> 0.0005\)"
+    ):
+        adapt(str(tiny_model_dir("bert")), EXAMPLES, **{**args, "lr": 5e-4})
+    caplog.set_level(logging.INFO, logger="cappy.adaptation")
+    again = adapt(str(tiny_model_dir("bert")), EXAMPLES, overwrite=True, **{**args, "lr": 5e-4})
+    assert "discarding the interrupted adaptation" in caplog.text
+    assert again.adaptation.resumed is None and not again.adaptation.reused
+    instr = [EXAMPLES[0]["instruction"]] * 2
+    assert abs(again.score(instr, ["Paris", "London"]) - first.score(instr, ["Paris", "London"])).max() > 1e-4
 
 
 def test_read_examples_of_a_bigbench_task_split():

@@ -67,6 +67,8 @@ class AdaptResult:
     pairs_file: Path
     counts: dict[str, int] = field(default_factory=dict)
     reused: bool = False
+    resumed: str | None = None
+    """The checkpoint of an interrupted run this call continued from (e.g. "step-00000300"), else None."""
 
 
 @dataclass
@@ -145,6 +147,11 @@ class AdaptConfig(JobConfig):
     )
     keep_run: bool = setting(
         False, "keep the training run's folder (run/: checkpoint and optimizer state)", flags=("--keep-run",)
+    )
+    overwrite: bool = setting(
+        False,
+        "discard an interrupted adaptation in the output folder whose settings differ (else an error names them)",
+        flags=("--overwrite",),
     )
 
     def validate(self) -> None:
@@ -319,6 +326,67 @@ def _candidate_source(cfg: AdaptConfig) -> CandidateSource | list[list[Candidate
     )
 
 
+# Training settings that do not change the weights: a run that differs only in these is resumed or reused.
+RESULT_NEUTRAL = ("save_every", "log_every", "resume")
+
+
+def _read_settings(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
+    config = {k: v for k, v in (record.get("config") or {}).items() if k not in RESULT_NEUTRAL}
+    return {**record, "config": config}
+
+
+def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return _comparable(a) == _comparable(b)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs between two adaptations' settings, e.g. "lr 0.0001 -> 0.0005, pairs_sha256"."""
+    a, b = _comparable(old), _comparable(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key == "config":
+            ca, cb = a.get(key) or {}, b.get(key) or {}
+            out += [f"{k} {ca.get(k)!r} -> {cb.get(k)!r}" for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)]
+        elif a.get(key) != b.get(key):
+            out.append(key if key.endswith("sha256") else f"{key} {a.get(key)!r} -> {b.get(key)!r}")
+    return ", ".join(out) or "none"
+
+
+def _resume_run(run: Path, record: dict[str, Any], done: dict[str, Any] | None, resume: bool, overwrite: bool) -> bool:
+    """Whether ``run`` holds an interrupted adaptation to continue: a checkpoint in ``run/training_state`` of a
+    run that never finished (its settings are not those of the saved model). Its settings must be ``record``'s;
+    other settings stop with an error unless ``overwrite`` (or ``resume`` is false), so hours of training are
+    never thrown away unasked."""
+    latest = run / "training_state" / "latest"
+    if not latest.is_file():
+        return None
+    started = _read_settings(run / SETTINGS_FILE)
+    if started is not None and done is not None and _same_run(started, done):
+        return None  # a finished run kept with keep_run
+    step = latest.read_text(encoding="utf-8").strip()
+    if started is not None and _same_run(started, record):
+        if resume:
+            logger.info("resuming the interrupted adaptation in %s from its checkpoint %s", run, step)
+            return step
+        logger.info("starting over: resume is false; discarding the interrupted adaptation in %s", run)
+        return None
+    if overwrite or not resume:
+        logger.info("discarding the interrupted adaptation in %s, which had other settings", run)
+        return None
+    what = _differences(started, record) if started is not None else f"unknown: no {SETTINGS_FILE}"
+    raise InputError(
+        f"{run} holds an interrupted adaptation (checkpoint {step}) with other settings ({what}); run it again with "
+        "its settings to resume it, or pass --overwrite (overwrite=True) to discard it"
+    )
+
+
 def adapt(scorer: Any = None, examples: Sequence[Any] | None = None, config: Any = None, **settings: Any) -> Any:
     """Adapt ``scorer`` (a Cappy, or a checkpoint name/path; default ``config.model``) to ``examples`` (default: read
     from ``config.examples``); returns the adapted :class:`Cappy`. ``config`` is an :class:`AdaptConfig` (or, as
@@ -336,8 +404,11 @@ def adapt(scorer: Any = None, examples: Sequence[Any] | None = None, config: Any
     references added per example as pairs labelled by the metric (:func:`adaptation_pairs`); None takes the preset's
     ``adaptation: mismatched``. The training run's folder (``output_dir/run``: two more copies of the weights and the
     optimizer state, about four times the model's size) is deleted once the model is saved, its log kept as
-    ``output_dir/train_metrics.jsonl``; ``keep_run=True`` keeps it. A call that trains starts a fresh run (an
-    interrupted one is not resumed). The returned scorer's ``adaptation`` attribute is an :class:`AdaptResult`
+    ``output_dir/train_metrics.jsonl``; ``keep_run=True`` keeps it. A call that finds an interrupted run there
+    (killed before the model was saved) resumes it from its last checkpoint in ``run/training_state`` (every
+    ``save_every`` updates) to the weights an uninterrupted run gives, and logs that it does; if that run had other
+    settings it stops with an error naming them, unless ``overwrite=True`` discards it. A finished model of other
+    settings is replaced (logged). The returned scorer's ``adaptation`` attribute is an :class:`AdaptResult`
     (folders, pair counts, whether it was reused).
     Example:
         >>> tuned = adapt("cappy-mini", [("Q: 2+2?\\nA:", "4")], candidates="gens.jsonl", output_dir="out/t")
@@ -407,16 +478,26 @@ def _adapt(scorer: Any, exs: list[AdaptExample], cfg: AdaptConfig, source: Any) 
     counts |= {k: sum(r["source"] == k for r in rows) for k in ("gold", "llm", "mismatched")}
     model_dir = out / "model"
     saved = out / SETTINGS_FILE
-    reused = (model_dir / "config.json").is_file() and saved.is_file() and json.loads(saved.read_text()) == record
+    run = out / "run"
+    done = _read_settings(saved)
+    reused = (model_dir / "config.json").is_file() and done is not None and _same_run(done, record)
+    resumed = None
     if not reused:
         if counts["pairs"] == counts["gold"]:
             logger.warning("%s: no LLM candidates; adapting on the references alone", task)
-        shutil.rmtree(out / "run", ignore_errors=True)  # other settings: do not resume that run
+        resumed = _resume_run(run, record, done, train_cfg.resume, cfg.overwrite)
+        if resumed is None:
+            if done is not None and (model_dir / "config.json").is_file():
+                what = _differences(done, record)
+                logger.info("%s: replacing the model adapted with other settings (%s)", out, what)
+            shutil.rmtree(run, ignore_errors=True)
+            (out / "train_metrics.jsonl").unlink(missing_ok=True)  # an earlier setting's log
+            run.mkdir(parents=True)
+            with atomic_write(run / SETTINGS_FILE) as f:  # what a rerun after a kill compares its settings with
+                f.write(json.dumps(record, indent=2) + "\n")
         shutil.rmtree(model_dir, ignore_errors=True)
         saved.unlink(missing_ok=True)
-        (out / "train_metrics.jsonl").unlink(missing_ok=True)  # an earlier setting's log
         train(train_cfg)
-        run = out / "run"
         export_checkpoint(run / "best" if (run / "best" / "config.json").exists() else run, model_dir)
         with atomic_write(saved) as f:
             f.write(json.dumps(record, indent=2) + "\n")
@@ -425,5 +506,5 @@ def _adapt(scorer: Any, exs: list[AdaptExample], cfg: AdaptConfig, source: Any) 
                 shutil.copyfile(run / "metrics.jsonl", out / "train_metrics.jsonl")
             shutil.rmtree(run, ignore_errors=True)
     tuned = Cappy.from_pretrained(model_dir, device=cfg.device, dtype=cfg.dtype)
-    tuned.adaptation = AdaptResult(model_dir, pairs, counts, reused)
+    tuned.adaptation = AdaptResult(model_dir, pairs, counts, reused, resumed)
     return tuned

@@ -4,6 +4,7 @@ cappy.adaptation.AdaptConfig)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -35,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "labelled by Rouge-L against the references, the references themselves 1.0, and a copy of --model "
         "is trained on the pairs (preset adapt_cpu on CPU, adapt_paper on GPU; --preset to choose). The LLM is "
         "never trained. Any setting of cappy.adaptation.AdaptConfig, and any training setting of "
-        "cappy.train.TrainConfig, is changed with --set KEY=VALUE (e.g. --set lr=1e-4 --set mismatched=2).",
+        "cappy.train.TrainConfig, is changed with --set KEY=VALUE (e.g. --set lr=1e-4 --set mismatched=2). "
+        "Training resumes too: after a kill the same command continues from the last checkpoint in "
+        "OUT/run/training_state (every save_every updates) to the weights of an uninterrupted run, and says so; if "
+        "that run had other settings the command stops and names them (--overwrite discards it). The same command "
+        "after a finished run reuses its model; other settings train a new one.",
     )
     add_job_options(p, AdaptConfig)
     add_cache_args(p, for_job=True)
@@ -84,12 +89,16 @@ def run_adapt(args: argparse.Namespace) -> int:
         cfg.generator_options.get("base_url"),
     )
     quiet_libraries(args.verbose, llama=cfg.generator == "llamacpp")
+    # its lines say when a run resumes, is discarded or replaced: shown without --verbose
+    logging.getLogger("cappy.adaptation").setLevel(logging.INFO)
     tuned = cappy.adaptation.adapt(config=cfg.with_overrides({"candidates": cache}, "command line"))
     info = tuned.adaptation
     c = info.counts
     print(
         f"cappy adapt: {c['examples']} examples, {c['pairs']} pairs ({c['gold']} gold, {c['mismatched']} mismatched)"
-        f" -> {info.model_dir}" + (" (reused)" if info.reused else ""),
+        f" -> {info.model_dir}"
+        + (" (reused)" if info.reused else "")
+        + (f" (resumed from {info.resumed})" if getattr(info, "resumed", None) else ""),
         file=sys.stderr,
     )
     return 0
