@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from torch.distributed.checkpoint import FileSystemReader
 
 from conftest import REPO
 from test_train_data import make_rows, write_shards
@@ -105,6 +106,12 @@ def test_fsdp_on_two_cpu_processes_shards_and_matches_one_process(fsdp_run, tmp_
     w1 = load_file(tmp_path / "one" / "model.safetensors")
     w2 = load_file(out / "model.safetensors")  # the gathered full state dict, in the scorer's format
     assert w1.keys() == w2.keys()
+    # Every parameter was a DTensor sharded over the 2 processes: each saved its part of dim 0 (the first process
+    # the larger one, as FSDP2 cuts), none was replicated.
+    meta = FileSystemReader(str(state / "pytorch_model_fsdp_0")).read_metadata().state_dict_metadata
+    for key in w2:
+        rows, half = w2[key].shape[0], -(-w2[key].shape[0] // 2)
+        assert [(c.offsets[0], c.sizes[0]) for c in meta[f"model.{key}"].chunks] == [(0, half), (half, rows - half)]
     # As under DDP (test_train_ddp): the gradients of one process's accumulated micro-batches and of two processes'
     # reduce-scattered shards differ only by rounding, which AdamW turns into steps differing by about
     # lr * (relative gradient error) per update. Attention key biases have a true gradient of 0 (softmax is
@@ -124,7 +131,6 @@ def test_fsdp_on_two_cpu_processes_shards_and_matches_one_process(fsdp_run, tmp_
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(a["loss"]))
 
 
-@pytest.mark.slow  # two more launches of 2 processes, each importing torch and transformers: about 40 s here
 def test_fsdp_run_killed_resumes_from_its_sharded_state_to_the_same_weights(fsdp_run, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, **ENV}
