@@ -84,6 +84,15 @@ def fsdp_run(tmp_path_factory, tiny_model_dir):
     return run
 
 
+def test_fsdp1_on_cpu_is_refused_with_the_reason(monkeypatch):
+    from cappy.errors import InputError
+    from cappy.train.loop import _shard_on_cpu
+
+    monkeypatch.setenv("FSDP_VERSION", "1")  # as `accelerate launch` sets it from fsdp_config: fsdp_version: 1
+    with pytest.raises(InputError, match="FSDP on CPU needs fsdp_version: 2 .*no available devices"):
+        _shard_on_cpu(None, "no")
+
+
 def test_fsdp_on_two_cpu_processes_shards_and_matches_one_process(fsdp_run, tmp_path):
     from cappy.train import TrainConfig, train
 

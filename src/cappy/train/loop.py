@@ -84,6 +84,11 @@ def _shard_on_cpu(acc: Any, mixed_precision: str) -> None:
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise InputError(
+            f"FSDP on CPU needs fsdp_version: 2 in the accelerate config, got {plugin.fsdp_version} (accelerate's "
+            "FSDP1 wrapper looks for a GPU: 'There are currently no available devices found')"
+        )
     if mixed_precision != "no":
         plugin.set_mixed_precision(mixed_precision)
     AcceleratorState._shared_state["fsdp_plugin"] = plugin
