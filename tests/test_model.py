@@ -257,22 +257,23 @@ def test_auto_precision_follows_the_cpu(tiny_model_dir, monkeypatch):
     path = tiny_model_dir("bert")
     instr, resp = [a for a, _ in PAIRS], [b for _, b in PAIRS]
     monkeypatch.setenv("CAPPY_CPU_BF16", "0")
-    plain = Cappy.from_pretrained(path, device="cpu")
+    plain = Cappy.from_pretrained(path, device="cpu", backend="torch")
     assert plain.precision == "float32" and plain.autocast_dtype is None
     monkeypatch.setenv("CAPPY_CPU_BF16", "1")
-    auto = Cappy.from_pretrained(path, device="cpu")
-    assert auto.precision == "bfloat16-autocast" and next(auto.model.parameters()).dtype == torch.float32
-    assert "precision=bfloat16-autocast" in repr(auto)
+    auto = Cappy.from_pretrained(path, device="cpu", backend="torch")
+    assert auto.precision == "bfloat16" and next(auto.model.parameters()).dtype == torch.bfloat16
+    assert "precision=bfloat16" in repr(auto) and "backend=torch" in repr(auto)
     # an explicit dtype wins over the detection, either way
     assert Cappy.from_pretrained(path, device="cpu", dtype="float32").precision == "float32"
     assert Cappy.from_pretrained(path, device="cpu", dtype="bfloat16").precision == "bfloat16"
     monkeypatch.setenv("CAPPY_CPU_BF16", "0")
-    assert Cappy.from_pretrained(path, device="cpu", dtype="bf16-autocast").precision == "bfloat16-autocast"
-    a, b = plain.score(instr, resp), auto.score(instr, resp)
-    assert b.dtype == np.float32
-    assert not np.array_equal(a, b), "autocast must be active"
+    autocast = Cappy.from_pretrained(path, device="cpu", dtype="bf16-autocast")
+    assert autocast.precision == "bfloat16-autocast" and next(autocast.model.parameters()).dtype == torch.float32
+    a, b, c = plain.score(instr, resp), auto.score(instr, resp), autocast.score(instr, resp)
+    assert b.dtype == c.dtype == np.float32
+    assert not np.array_equal(a, b) and not np.array_equal(a, c), "bf16 must be active"
     # bf16's 8 mantissa bits: a few % of the score range over 2 layers of large random weights (see the bf16 test)
-    assert np.abs(a - b).max() < 0.1 * np.ptp(a)
+    assert np.abs(a - b).max() < 0.1 * np.ptp(a) and np.abs(a - c).max() < 0.1 * np.ptp(a)
     monkeypatch.setenv("CAPPY_CPU_BF16", "maybe")
     with pytest.raises(ValueError, match="CAPPY_CPU_BF16 must be 0 or 1"):
         Cappy.from_pretrained(path, device="cpu")
@@ -285,7 +286,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch):
     for flags, native in [({"avx2", "fma"}, False), ({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True)]:
         monkeypatch.setattr(model, "_cpu_flags", lambda flags=flags: frozenset(flags))
         assert model.cpu_has_native_bf16() is native
-        want = (torch.float32, torch.bfloat16 if native else None)
+        want = (torch.bfloat16 if native else torch.float32, None)
         assert model.resolve_precision("auto", "cpu") == model.resolve_precision(None, "cpu") == want
     assert model.resolve_precision("float16", "cpu") == (torch.float16, None)
     with pytest.raises(ValueError, match="bf16-autocast"):

@@ -50,7 +50,12 @@ from cappy.generate.base import DEFAULT_RECIPE  # stdlib-only module: building t
 
 # The --dtype values of every command that loads a scorer (cappy.model.resolve_precision); here, not in
 # cappy.model, so that building the parser does not import torch.
-DTYPE_HELP = "auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 autocast on CPUs with native bf16)"
+DTYPE_HELP = "auto, float32, bfloat16, float16, bf16-autocast (auto: bf16 on CPUs with native bf16, else float32)"
+# The scorer's engines (cappy.model.backends.BACKENDS), repeated so the parser needs no imports.
+SCORER_BACKENDS = ("auto", "torch", "openvino")
+SCORER_BACKEND_HELP = (
+    "the scorer's engine: torch, openvino (CPU), or auto (default: openvino on a CPU where installed)"
+)
 BACKENDS = ("llamacpp", "hf", "openai")  # cappy.generate.BACKENDS, repeated so the parser needs no imports
 DEBUG_ENV = "CAPPY_DEBUG"
 # What `cappy` reports as the user's error (one line, exit 2); anything else is a bug and keeps its traceback.

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from cappy.batch import check_input, process_device, rank_jsonl, score_jsonl
-from cappy.cli import DTYPE_HELP, quiet_libraries, show_progress
+from cappy.cli import DTYPE_HELP, SCORER_BACKEND_HELP, SCORER_BACKENDS, quiet_libraries, show_progress
 
 DEFAULT_MODEL = "cappy-mini"
 
@@ -16,6 +16,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory, embedded name or hub id")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
     p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
+    p.add_argument("--backend", choices=SCORER_BACKENDS, default="auto", help=SCORER_BACKEND_HELP)
     p.add_argument(
         "--max-length",
         type=int,
@@ -84,6 +85,7 @@ def _load(args: argparse.Namespace) -> Any:
         args.model,
         device=device,
         dtype=args.dtype,
+        backend=args.backend,
         max_length=args.max_length,
         batch_size=args.batch_size,
         instruction_truncation=args.truncation_direction,

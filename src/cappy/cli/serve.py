@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cappy.cli import BACKENDS, DEFAULT_RECIPE, DTYPE_HELP, quiet_libraries
+from cappy.cli import BACKENDS, DEFAULT_RECIPE, DTYPE_HELP, SCORER_BACKEND_HELP, SCORER_BACKENDS, quiet_libraries
 from cappy.generate import load_generator, load_recipe
 
 DEFAULT_MODEL = "cappy-mini"
@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", default=None, help="the name /info and /v1/rerank report (default: --model)")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
     p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
+    p.add_argument("--backend", choices=SCORER_BACKENDS, default="auto", help=SCORER_BACKEND_HELP)
     p.add_argument("--max-length", type=int, default=None, help="max tokens per pair (default: the checkpoint's)")
     p.add_argument(
         "--truncation-direction",
@@ -138,6 +139,7 @@ def run_serve(args: argparse.Namespace) -> int:
         port=args.port,
         device=args.device,
         dtype=args.dtype,
+        backend=args.backend,
         max_length=args.max_length,
         batch_size=args.batch_size,
         max_tokens_per_batch=args.max_tokens_per_batch,

@@ -5,6 +5,7 @@ Modules, lowest first (each imports only those before it):
 - ``precision``: device and dtype rules (``resolve_device``, ``resolve_precision``, ``cpu_has_native_bf16``);
 - ``encoding``: the pair input format and its truncation (``encode_pairs``, ``collate_pairs``), the one place it
   is defined;
+- ``backends``: the engines behind the scorer (``resolve_backend``: eager PyTorch, or OpenVINO on a CPU);
 - ``record``: the training-data record ``training_data.json`` (standard library only);
 - ``checkpoint``: the one model-name resolver (``resolve_model_path``), loading, saving, export and merge;
 - ``scorer``: the ``Cappy`` class and its batching engine.
@@ -41,6 +42,7 @@ _HOMES = {
         "collate_pairs",
         "encode_pairs",
     ),
+    "backends": ("openvino_available", "resolve_backend"),
     "record": ("RECORD_FILE", "read_record", "unite_records", "write_record"),
     "checkpoint": (
         "IDENTITY_ACTIVATION",
@@ -81,11 +83,13 @@ __all__ = [
     "is_out_of_memory",
     "load_scorer_model",
     "merge_checkpoints",
+    "openvino_available",
     "read_record",
     "resolve_device",
     "resolve_dtype",
     "resolve_model_path",
     "resolve_precision",
+    "resolve_backend",
     "save_checkpoint",
     "shipped_models",
     "unite_records",
@@ -93,6 +97,7 @@ __all__ = [
 ]  # every name of _HOMES (a test checks)
 
 if TYPE_CHECKING:
+    from cappy.model.backends import openvino_available, resolve_backend
     from cappy.model.checkpoint import (
         IDENTITY_ACTIVATION,
         SHIPPED_MODELS,

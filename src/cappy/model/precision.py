@@ -1,7 +1,9 @@
 """Device and precision rules, shared by the scorer, training and the transformers generator.
 
-``dtype="auto"`` means: on a CPU, float32 weights under bfloat16 autocast where the CPU computes bf16 natively
-(AVX512-BF16, AMX), plain float32 elsewhere; on a GPU, the checkpoint's own dtype.
+``dtype="auto"`` means: on a CPU, bfloat16 weights where the CPU computes bf16 natively (AVX512-BF16, AMX), plain
+float32 elsewhere; on a GPU, the checkpoint's own dtype. bf16 weights beat bf16 autocast over float32 weights on both
+kinds of bf16 CPU measured (autocast re-casts every weight at every call) and rank pairs as float32 does (Spearman
+>= 0.999, the same best choice on >= 99% of questions: tests/test_precision_paths.py); see docs/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -93,15 +95,15 @@ def resolve_precision(
 ) -> tuple[torch.dtype | None, torch.dtype | None]:
     """``(weight dtype, autocast dtype)`` for a requested ``dtype`` on ``device``; None means "leave as is".
 
-    "auto" (or None): on a CPU, float32 weights under bfloat16 autocast where the CPU has native bf16, plain float32
-    elsewhere; on a GPU, the checkpoint's dtype. "bf16-autocast" forces autocast over float32 weights; "float32",
+    "auto" (or None): on a CPU, bfloat16 weights where the CPU has native bf16, float32 elsewhere; on a GPU, the
+    checkpoint's dtype. "bf16-autocast" forces autocast over float32 weights; "float32",
     "bfloat16" and "float16" cast the weights and use no autocast.
     Example: ``resolve_precision("auto", "cpu")`` -> ``(torch.float32, None)`` on a CPU without native bf16
     """
     dev = resolve_device(device)
     if dtype is None or dtype == "auto":
         if dev.type == "cpu":
-            return torch.float32, (torch.bfloat16 if cpu_has_native_bf16() else None)
+            return (torch.bfloat16 if cpu_has_native_bf16() else torch.float32), None
         return None, None
     if isinstance(dtype, str) and dtype in AUTOCAST_DTYPES:
         return torch.float32, AUTOCAST_DTYPES[dtype]

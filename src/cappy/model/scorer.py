@@ -21,6 +21,8 @@ import torch
 from transformers import PreTrainedModel
 
 from cappy.errors import InputError, InputTypeError
+from cappy.model import backends
+from cappy.model.backends import OpenVINORunner, resolve_backend
 from cappy.model.checkpoint import checkpoint_settings, load_scorer_model, save_checkpoint
 from cappy.model.encoding import check_instruction_truncation, clamp_max_length, collate_pairs, encode_pairs
 from cappy.model.precision import is_out_of_memory, resolve_device, resolve_precision
@@ -92,6 +94,8 @@ class Cappy:
         name_or_path: str | None = None,
         autocast_dtype: torch.dtype | None = None,
         instruction_truncation: str | None = None,
+        backend: str = "torch",
+        openvino_precision: str | None = None,
     ) -> None:
         if getattr(model.config, "num_labels", 1) != 1:
             raise InputError(
@@ -113,6 +117,19 @@ class Cappy:
         if instruction_truncation is None:  # what the checkpoint was trained with
             instruction_truncation = checkpoint_settings(model.config)[1]
         self.instruction_truncation = check_instruction_truncation(instruction_truncation)
+        self.backend = resolve_backend(backend, self.device)
+        self._runner: OpenVINORunner | None = None
+        if self.backend == "openvino":
+            if openvino_precision is None:  # what the torch model computes in, else the CPU's best
+                weights = next(model.parameters()).dtype
+                lower = autocast_dtype or (weights if weights != torch.float32 else None)
+                openvino_precision = "bf16" if lower == torch.bfloat16 else "f32"
+            names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self._input_names()]
+            self._runner = OpenVINORunner(self.model, names, openvino_precision, source=self.name_or_path)
+
+    def _input_names(self) -> set[str]:
+        names = getattr(self.tokenizer, "model_input_names", None) or ["input_ids", "attention_mask"]
+        return {*names, "input_ids", "attention_mask"}
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -127,6 +144,7 @@ class Cappy:
         batch_size: int = 64,
         max_tokens_per_batch: int = 16384,
         instruction_truncation: str | None = None,
+        backend: str = "auto",
         **model_kwargs: Any,
     ) -> Cappy:
         """Load any one-output sequence-classification checkpoint (RoBERTa, BERT/MiniLM, DeBERTa-v2, ...).
@@ -136,7 +154,13 @@ class Cappy:
         ``instruction_truncation`` ("right"/"left", see :func:`encode_pairs`) default to what the checkpoint declares.
         Example: ``Cappy.from_pretrained("btan2/cappy-large", device="cuda", dtype="bfloat16")``
         """
-        torch_dtype, autocast_dtype = resolve_precision(dtype, device)
+        engine = resolve_backend(backend, device, dtype)
+        ov_precision = None
+        if engine == "openvino":  # exported from float32 weights; OpenVINO computes in the precision asked for
+            ov_precision = backends.openvino_precision(dtype)
+            torch_dtype, autocast_dtype = torch.float32, None
+        else:
+            torch_dtype, autocast_dtype = resolve_precision(dtype, device)
         model, tokenizer = load_scorer_model(
             name_or_path, torch_dtype, trust_remote_code=trust_remote_code, revision=revision, **model_kwargs
         )
@@ -152,6 +176,8 @@ class Cappy:
             name_or_path=str(name_or_path),
             autocast_dtype=autocast_dtype,
             instruction_truncation=instruction_truncation,
+            backend=engine,
+            openvino_precision=ov_precision,
         )
 
     @property
@@ -160,6 +186,8 @@ class Cappy:
 
         Example: ``Cappy.from_pretrained("cappy-mini", device="cpu", dtype="float32").precision`` -> "float32"
         """
+        if self._runner is not None:
+            return {"bf16": "bfloat16", "f32": "float32"}.get(self._runner.precision, self._runner.precision)
         if self.autocast_dtype is not None:
             return f"{str(self.autocast_dtype).replace('torch.', '')}-autocast"
         return str(next(self.model.parameters()).dtype).replace("torch.", "")
@@ -200,6 +228,8 @@ class Cappy:
         return {k: v.to(self.device) for k, v in collate_pairs(enc, self.tokenizer, rows=idx).items()}
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        if self._runner is not None:
+            return self._runner(batch)
         if self.autocast_dtype is None:
             cast = contextlib.nullcontext()
         else:
@@ -377,5 +407,5 @@ class Cappy:
         n = sum(p.numel() for p in self.model.parameters())
         return (
             f"Cappy({self.name_or_path!r}, {type(self.model).__name__}, {n / 1e6:.1f}M params, "
-            f"device={self.device}, precision={self.precision}, max_length={self.max_length})"
+            f"device={self.device}, backend={self.backend}, precision={self.precision}, max_length={self.max_length})"
         )

@@ -31,6 +31,7 @@ def serve(
     port: int = 8080,
     device: str = "auto",
     dtype: str = "auto",
+    backend: str = "auto",
     max_length: int | None = None,
     batch_size: int = 64,
     max_tokens_per_batch: int | None = None,
@@ -46,6 +47,7 @@ def serve(
 ) -> None:
     """Serve ``model`` on ``host:port``. On CPU, torch gets one thread less than its default (at least 1), leaving
     a core to the HTTP side, and forward batches a budget of :data:`CPU_TOKEN_BUDGET` tokens, unless given.
+    ``backend``: the scorer's engine (:func:`cappy.model.backends.resolve_backend`).
     ``upstream``: the OpenAI-compatible server /v1/chat/completions and /v1/completions sample from.
     ``truncation_direction``: which end of a too-long instruction is cut, unless a request says (None: the
     checkpoint's own, "right" unless it declares "left").
@@ -70,6 +72,7 @@ def serve(
         model,
         device=device,
         dtype=dtype,
+        backend=backend,
         max_length=max_length,
         batch_size=batch_size,
         max_tokens_per_batch=budget,
