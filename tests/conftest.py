@@ -15,6 +15,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # CPU with native bf16 and float32 elsewhere. So "auto" means float32 in tests (subprocesses inherit this); the tests
 # of the bf16 path ask for it explicitly, and the detection itself is tested with the variable removed.
 os.environ.setdefault("CAPPY_CPU_BF16", "0")
+# and backend "auto" is eager PyTorch, the reference the float32 tolerances are written for (OpenVINO is tested by
+# name: test_backends.py, test_precision_paths.py)
+os.environ.setdefault("CAPPY_BACKEND", "torch")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CAPPY_SHARED_DATA") or REPO.parent / "shared" / "data")

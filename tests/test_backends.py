@@ -86,12 +86,18 @@ def test_export_beside_the_checkpoint_is_used_first(tiny_model_dir, tmp_path):
     assert beside._runner.path == out / "openvino" / "openvino_model.xml"
 
 
-def test_backend_choice_and_errors(tiny_model_dir):
+def test_backend_choice_and_errors(tiny_model_dir, monkeypatch):
+    monkeypatch.delenv("CAPPY_BACKEND", raising=False)
     assert resolve_backend("auto", "cpu") == "openvino"
     assert resolve_backend("auto", "cpu", "float32") == "torch"  # a named dtype asks for the reference arithmetic
     assert resolve_backend("torch", "cpu") == "torch"
     with pytest.raises(InputError, match="backend must be one of"):
         resolve_backend("tensorrt", "cpu")
+    monkeypatch.setenv("CAPPY_BACKEND", "torch")
+    assert resolve_backend("auto", "cpu") == "torch" and resolve_backend("openvino", "cpu") == "openvino"
+    monkeypatch.setenv("CAPPY_BACKEND", "cuda-graphs")
+    with pytest.raises(InputError, match="CAPPY_BACKEND must be one of"):
+        resolve_backend("auto", "cpu")
     with pytest.raises(InputError, match="float32 or bfloat16"):
         Cappy.from_pretrained(tiny_model_dir("bert"), device="cpu", dtype="float16", backend="openvino")
 

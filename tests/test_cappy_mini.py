@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from safetensors import safe_open
 
 from cappy import Cappy
 from cappy.model import resolve_model_path
-from conftest import REPO, SHARED_DATA
+from conftest import REPO
 from tolerances import FP16_SCORE_RTOL, assert_scores_close
 
 HELDOUT_FAMILIES = ("anli", "super_glue/cb", "super_glue/copa", "super_glue/rte", "hellaswag", "winogrande")
@@ -76,24 +75,6 @@ def test_ranks_the_right_answer_first_on_easy_questions():
     scorer = Cappy.from_pretrained("cappy-mini", device="cpu")
     right = sum(scorer.choose(q, choices) == gold for q, choices, gold in EASY)
     assert right >= 5, f"cappy-mini chose the right answer for only {right} of {len(EASY)} easy questions"
-
-
-def test_bf16_autocast_keeps_the_ranking_on_real_pairs():
-    """What dtype="auto" picks on CPUs with native bf16 must rank real answers as float32 does (forced here, so the
-    check runs on every CPU; where bf16 is emulated it is slow, hence 100 questions)."""
-    rows = [json.loads(x) for x in (SHARED_DATA / "pretrain" / "sciq_val.jsonl").read_text().splitlines()[:100]]
-    instr, resp = [], []
-    for r in rows:
-        for c in (r["correct_answer"], r["distractor1"], r["distractor2"], r["distractor3"]):
-            instr.append(r["question"])
-            resp.append(c)
-    f32 = Cappy.from_pretrained("cappy-mini", device="cpu", dtype="float32").score(instr, resp)
-    bf16 = Cappy.from_pretrained("cappy-mini", device="cpu", dtype="bf16-autocast").score(instr, resp)
-    assert not np.array_equal(f32, bf16), "autocast must be active"
-    rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
-    spearman = float(np.corrcoef(rank(f32), rank(bf16))[0, 1])
-    same = float(np.mean(f32.reshape(-1, 4).argmax(1) == bf16.reshape(-1, 4).argmax(1)))
-    assert spearman >= 0.999 and same >= 0.99, (spearman, same)
 
 
 OBVIOUS = DATA / "obvious_questions.jsonl"

@@ -39,6 +39,8 @@ from cappy.model.precision import cpu_has_native_bf16, resolve_device
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "openvino")
+#: Set to "torch" or "openvino" to decide what ``backend="auto"`` means (the test suite pins "torch").
+BACKEND_ENV = "CAPPY_BACKEND"
 OPENVINO_FILE = "openvino_model.xml"
 # The OpenVINO CPU plugin's inference precisions for Cappy's precision names ("auto" is decided per CPU).
 _OV_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
@@ -62,6 +64,11 @@ def resolve_backend(backend: str | None, device: str | torch.device | None, dtyp
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     dev = resolve_device(device)
+    forced = os.environ.get(BACKEND_ENV, "").strip()
+    if backend == "auto" and forced:
+        if forced not in BACKENDS:
+            raise InputError(f"{BACKEND_ENV} must be one of {list(BACKENDS)}, got {forced!r}")
+        backend = forced
     if backend == "auto":
         chosen = dtype in (None, "auto")
         return "openvino" if chosen and dev.type == "cpu" and openvino_available() else "torch"

@@ -21,8 +21,7 @@ import torch
 from transformers import PreTrainedModel
 
 from cappy.errors import InputError, InputTypeError
-from cappy.model import backends
-from cappy.model.backends import OpenVINORunner, resolve_backend
+from cappy.model.backends import OpenVINORunner, openvino_precision, resolve_backend
 from cappy.model.checkpoint import checkpoint_settings, load_scorer_model, save_checkpoint
 from cappy.model.encoding import check_instruction_truncation, clamp_max_length, collate_pairs, encode_pairs
 from cappy.model.precision import is_out_of_memory, resolve_device, resolve_precision
@@ -95,7 +94,7 @@ class Cappy:
         autocast_dtype: torch.dtype | None = None,
         instruction_truncation: str | None = None,
         backend: str = "torch",
-        openvino_precision: str | None = None,
+        ov_precision: str | None = None,
     ) -> None:
         if getattr(model.config, "num_labels", 1) != 1:
             raise InputError(
@@ -120,12 +119,12 @@ class Cappy:
         self.backend = resolve_backend(backend, self.device)
         self._runner: OpenVINORunner | None = None
         if self.backend == "openvino":
-            if openvino_precision is None:  # what the torch model computes in, else the CPU's best
+            if ov_precision is None:  # what the torch model computes in
                 weights = next(model.parameters()).dtype
                 lower = autocast_dtype or (weights if weights != torch.float32 else None)
-                openvino_precision = "bf16" if lower == torch.bfloat16 else "f32"
+                ov_precision = "bf16" if lower == torch.bfloat16 else "f32"
             names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self._input_names()]
-            self._runner = OpenVINORunner(self.model, names, openvino_precision, source=self.name_or_path)
+            self._runner = OpenVINORunner(self.model, names, ov_precision, source=self.name_or_path)
 
     def _input_names(self) -> set[str]:
         names = getattr(self.tokenizer, "model_input_names", None) or ["input_ids", "attention_mask"]
@@ -157,7 +156,7 @@ class Cappy:
         engine = resolve_backend(backend, device, dtype)
         ov_precision = None
         if engine == "openvino":  # exported from float32 weights; OpenVINO computes in the precision asked for
-            ov_precision = backends.openvino_precision(dtype)
+            ov_precision = openvino_precision(dtype)
             torch_dtype, autocast_dtype = torch.float32, None
         else:
             torch_dtype, autocast_dtype = resolve_precision(dtype, device)
@@ -177,7 +176,7 @@ class Cappy:
             autocast_dtype=autocast_dtype,
             instruction_truncation=instruction_truncation,
             backend=engine,
-            openvino_precision=ov_precision,
+            ov_precision=ov_precision,
         )
 
     @property
