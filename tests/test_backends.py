@@ -98,7 +98,7 @@ def test_backend_choice_and_errors(tiny_model_dir, monkeypatch):
     monkeypatch.setenv("CAPPY_BACKEND", "cuda-graphs")
     with pytest.raises(InputError, match="CAPPY_BACKEND must be one of"):
         resolve_backend("auto", "cpu")
-    with pytest.raises(InputError, match="float32 or bfloat16"):
+    with pytest.raises(InputError, match="float32, bfloat16 or int8"):
         Cappy.from_pretrained(tiny_model_dir("bert"), device="cpu", dtype="float16", backend="openvino")
 
 

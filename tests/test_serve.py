@@ -210,6 +210,7 @@ def test_info_health_openapi_and_page(server, scorer):
     assert info["max_batch"] == 256 and info["limits"]["max_items_per_request"] == 8
     assert info["generator"] is None and info["auth"] is False
     assert info["precision"] == scorer.precision and info["dtype"] == "float32"
+    assert info["backend"] == scorer.backend == "torch"
     assert server.get("/health").json() == {"status": "ok"}
     schema = server.get("/openapi.json").json()
     for path in ("/score", "/rerank", "/v1/rerank", "/v2/rerank", "/info", "/health"):

@@ -49,7 +49,13 @@ def load_eval_scorer(
     if not allow_contaminated:
         check_contamination(path if Path(path).is_dir() else None, tasks)
     scorer = Cappy.from_pretrained(path, device=device, dtype=dtype)
-    record = {"name": model, "path": path, "sha256": weights_sha256(path), "precision": scorer.precision}
+    record = {
+        "name": model,
+        "path": path,
+        "sha256": weights_sha256(path),
+        "precision": scorer.precision,
+        "backend": scorer.backend,
+    }
     return scorer, record
 
 

@@ -42,6 +42,9 @@ BACKENDS = ("auto", "torch", "openvino")
 #: Set to "torch" or "openvino" to decide what ``backend="auto"`` means (the test suite pins "torch").
 BACKEND_ENV = "CAPPY_BACKEND"
 OPENVINO_FILE = "openvino_model.xml"
+#: A statically quantized export (int8 weights and activations, calibrated on real pairs), made by
+#: :func:`cappy.model.quantize.quantize_openvino` in the checkpoint's ``openvino/`` folder; read with ``dtype="int8"``.
+OPENVINO_INT8_FILE = "openvino_model_qint8.xml"
 # The OpenVINO CPU plugin's inference precisions for Cappy's precision names ("auto" is decided per CPU).
 _OV_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
 
@@ -70,8 +73,13 @@ def resolve_backend(backend: str | None, device: str | torch.device | None, dtyp
             raise InputError(f"{BACKEND_ENV} must be one of {list(BACKENDS)}, got {forced!r}")
         backend = forced
     if backend == "auto":
-        chosen = dtype in (None, "auto")
-        return "openvino" if chosen and dev.type == "cpu" and openvino_available() else "torch"
+        if dtype == "int8":  # only OpenVINO has it: an explicit opt-in, never what "auto" picks
+            backend = "openvino"
+        else:
+            chosen = dtype in (None, "auto")
+            return "openvino" if chosen and dev.type == "cpu" and openvino_available() else "torch"
+    if backend == "torch" and dtype == "int8":
+        raise InputError("dtype='int8' is a statically quantized OpenVINO export: use backend='openvino'")
     if backend == "openvino":
         if dev.type != "cpu":
             raise InputError(f"backend='openvino' runs on the CPU; got device={str(dev)!r} (use backend='torch')")
@@ -88,10 +96,12 @@ def openvino_precision(dtype: str | torch.dtype | None) -> str:
     """
     if dtype is None or dtype == "auto":
         return "bf16" if cpu_has_native_bf16() else "f32"
+    if dtype == "int8":
+        return "int8"
     name = str(dtype).replace("torch.", "")
     name = {"fp32": "float32", "bf16": "bfloat16"}.get(name, name)
     if name not in _OV_PRECISION:
-        raise InputError(f"backend='openvino' computes in float32 or bfloat16, not {dtype!r}")
+        raise InputError(f"backend='openvino' computes in float32, bfloat16 or int8, not {dtype!r}")
     return _OV_PRECISION[name]
 
 
@@ -135,21 +145,31 @@ class OpenVINORunner:
     ) -> None:
         import openvino as ov
 
-        self.precision = precision
         self.input_names = list(input_names)
         core = ov.Core()
-        path = self._find_or_export(model, self.input_names, source, ov)
+        if precision == "int8":
+            path = Path(source or "") / "openvino" / OPENVINO_INT8_FILE
+            if source is None or not path.is_file():
+                raise InputError(
+                    f"dtype='int8' needs a quantized export at {path}; make one with `cappy export CHECKPOINT "
+                    "--out DIR --backend openvino --int8-calibration PAIRS.jsonl` and load DIR"
+                )
+        else:
+            path = self._find_or_export(model, self.input_names, source, ov)
         ov_model = core.read_model(str(path))
-        # one stream, as many threads as torch uses: a call scores one batch at a time, like the torch path
+        # one stream, as many threads as torch uses: a call scores one batch at a time, like the torch path; an int8
+        # model's layers that stay unquantized compute as "auto" would
+        hint = openvino_precision("auto") if precision == "int8" else precision
         config = {
-            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_PRECISION_HINT": hint,
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
         }
         self.compiled = core.compile_model(ov_model, "CPU", config)
         # what the plugin settled on: a bf16 request on a CPU it cannot serve in bf16 runs in f32
-        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        got = got.get_type_name() if hasattr(got, "get_type_name") else str(got)
+        self.precision = "int8" if precision == "int8" else got
         self.path = path
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # an infer request serves one call at a time

@@ -126,6 +126,7 @@ async def info(request: Request) -> dict[str, Any]:
         "device": str(scorer.device),
         "dtype": str(next(scorer.model.parameters()).dtype).replace("torch.", ""),
         "precision": scorer.precision,
+        "backend": getattr(scorer, "backend", "torch"),
         "max_input_length": scorer.max_length,
         "max_batch": config.max_batch_pairs,
         "forward_batch": {"max_pairs": scorer.batch_size, "max_tokens": scorer.max_tokens_per_batch},
