@@ -25,7 +25,7 @@ LAYERS = [
     ("cli", "__main__"),
 ]
 # Inside cappy.model, lowest first: the package's own order (see its docstring).
-MODEL_LAYERS = ["precision", "encoding", "record", "checkpoint", "backends", "scorer"]
+MODEL_LAYERS = ["precision", "encoding", "record", "checkpoint", "backends", "scorer", "quantize"]
 
 
 def module_name(path: Path) -> str:

@@ -8,7 +8,8 @@ Modules, lowest first (each imports only those before it):
 - ``backends``: the engines behind the scorer (``resolve_backend``: eager PyTorch, or OpenVINO on a CPU);
 - ``record``: the training-data record ``training_data.json`` (standard library only);
 - ``checkpoint``: the one model-name resolver (``resolve_model_path``), loading, saving, export and merge;
-- ``scorer``: the ``Cappy`` class and its batching engine.
+- ``scorer``: the ``Cappy`` class and its batching engine;
+- ``quantize``: the static int8 OpenVINO export (``quantize_openvino``, NNCF), read with ``dtype="int8"``.
 
 Every name is importable from ``cappy.model`` itself; they are loaded on first use, so that reading a light module
 (``cappy.model.record``) does not import torch.
