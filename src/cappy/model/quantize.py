@@ -2,10 +2,10 @@
 
 ``dtype="int8"`` is an explicit opt-in, never what ``dtype="auto"`` picks: its ranking is close to float32's, not
 within the bar the automatic choice must pass (on cappy-mini: Spearman 0.997 against float32 over the 960 answers
-of 240 real multiple-choice questions, the same best answer on 97% of them; tests/test_quantize.py). It is made once, with NNCF's post-training quantization
-(``pip install 'cappy[openvino]'``), from the float32 OpenVINO export, and calibrated on pairs batched and padded
-exactly as the scorer batches them. Both exports go into the checkpoint's ``openvino/`` folder, where
-:class:`cappy.Cappy` finds them:
+of 240 real multiple-choice questions, the same best answer on 97% of them; tests/test_quantize.py). It is made
+once, with NNCF's post-training quantization (``pip install 'cappy[openvino]'``), from the float32 OpenVINO export,
+and calibrated on pairs batched and padded exactly as the scorer batches them. Both exports go into the
+checkpoint's ``openvino/`` folder, where :class:`cappy.Cappy` finds them:
 
 - ``openvino/openvino_model.xml``: the float32 export (``backend="openvino"`` with dtype float32 or bfloat16);
 - ``openvino/openvino_model_qint8.xml``: the int8 one (``dtype="int8"``).
@@ -14,7 +14,7 @@ Example:
     >>> instr, resp = read_pairs("calibration.jsonl", limit=300)
     >>> quantize_openvino("runs/mini/best", instr, resp, out_dir="runs/mini-int8")
     PosixPath('runs/mini-int8/openvino/openvino_model_qint8.xml')
-    >>> Cappy.from_pretrained("runs/mini-int8", dtype="int8").precision
+    >>> Cappy.from_pretrained("runs/mini-int8", dtype="int8", backend="openvino").precision
     'int8'
 """
 
