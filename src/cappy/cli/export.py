@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="re-save a Cappy checkpoint in half precision with a model card (and its OpenVINO / int8 export)",
     )
     p.add_argument("checkpoint", help="a Cappy checkpoint directory (e.g. a `cappy train` run's best/)")
-    p.add_argument("--out", required=True, help="output directory (e.g. src/cappy/models/cappy-mini)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (e.g. src/cappy/models/cappy-mini)")
     p.add_argument(
         "--dtype",
         choices=("float16", "bfloat16", "float32"),
