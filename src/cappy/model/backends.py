@@ -67,17 +67,16 @@ def resolve_backend(backend: str | None, device: str | torch.device | None, dtyp
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     dev = resolve_device(device)
+    if backend == "auto" and dtype == "int8":  # only OpenVINO has it: an explicit opt-in, never what "auto" picks
+        backend = "openvino"
     forced = os.environ.get(BACKEND_ENV, "").strip()
     if backend == "auto" and forced:
         if forced not in BACKENDS:
             raise InputError(f"{BACKEND_ENV} must be one of {list(BACKENDS)}, got {forced!r}")
         backend = forced
     if backend == "auto":
-        if dtype == "int8":  # only OpenVINO has it: an explicit opt-in, never what "auto" picks
-            backend = "openvino"
-        else:
-            chosen = dtype in (None, "auto")
-            return "openvino" if chosen and dev.type == "cpu" and openvino_available() else "torch"
+        chosen = dtype in (None, "auto")
+        return "openvino" if chosen and dev.type == "cpu" and openvino_available() else "torch"
     if backend == "torch" and dtype == "int8":
         raise InputError("dtype='int8' is a statically quantized OpenVINO export: use backend='openvino'")
     if backend == "openvino":
