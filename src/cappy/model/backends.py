@@ -7,6 +7,9 @@ runs it through OpenVINO's CPU plugin, which fuses attention, layer norms and ac
 on CPUs with native bf16 (AVX512-BF16, AMX). ``backend="auto"`` with ``dtype="auto"`` is OpenVINO on a CPU where
 it is installed (``pip install cappy[openvino]``), eager PyTorch elsewhere or when a dtype is named.
 
+An OpenVINO scorer runs on ``torch.get_num_threads()`` threads as they are when it loads (a compiled model keeps its
+thread count): set them first, as ``cappy serve`` does.
+
 The export goes to the cache, not beside the checkpoint: checkpoints are often read-only (the embedded
 cappy-mini inside an installed package, the hub's snapshot cache). An export found in the checkpoint's own
 ``openvino/`` folder (``openvino_model.xml``, as sentence-transformers lays it out) is used before the cache.
