@@ -115,3 +115,34 @@ def test_cli_score_takes_the_backend(tiny_model_dir, tmp_path):
     assert_scores_close(scores["openvino"], scores["torch"])
     with pytest.raises(SystemExit):
         main(["score", "--model", str(model), "--input", str(inp), "--backend", "onnx"])
+
+
+def test_auto_falls_back_to_torch_when_conversion_fails(tiny_model_dir, monkeypatch, caplog):
+    from cappy.model import backends
+
+    monkeypatch.delenv("CAPPY_BACKEND", raising=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operation: aten::made_up")
+
+    monkeypatch.setattr(backends.OpenVINORunner, "_find_or_export", staticmethod(broken))
+    path = tiny_model_dir("bert")
+    with caplog.at_level("WARNING", logger="cappy.model.scorer"):
+        scorer = Cappy.from_pretrained(path, device="cpu")
+    assert scorer.backend == "torch" and "could not convert" in caplog.text and "aten::made_up" in caplog.text
+    ref = Cappy.from_pretrained(path, device="cpu", dtype="float32", backend="torch")
+    if scorer.precision == "float32":
+        assert_scores_close(scorer.score(*PAIRS[0]), ref.score(*PAIRS[0]))
+    with pytest.raises(RuntimeError, match="made_up"):  # asked for by name: the failure is the answer
+        Cappy.from_pretrained(path, device="cpu", backend="openvino")
+
+
+def test_deberta_converts_or_falls_back(tiny_model_dir, monkeypatch):
+    monkeypatch.delenv("CAPPY_BACKEND", raising=False)
+    path = tiny_model_dir("deberta-v2")
+    scorer = Cappy.from_pretrained(path, device="cpu")
+    ref = Cappy.from_pretrained(path, device="cpu", dtype="float32", backend="torch")
+    instr, resp = [a for a, _ in PAIRS], [b for _, b in PAIRS]
+    got = scorer.score(instr, resp)
+    # either engine, in bf16 or f32 by the CPU: within bf16's few % of the score range of a tiny random model
+    assert np.abs(got - ref.score(instr, resp)).max() < 0.1 * max(np.ptp(ref.score(instr, resp)), 1e-3)

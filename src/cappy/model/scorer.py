@@ -152,9 +152,11 @@ class Cappy:
     ) -> Cappy:
         """Load any one-output sequence-classification checkpoint (RoBERTa, BERT/MiniLM, DeBERTa-v2, ...).
 
-        ``dtype="auto"`` computes in bfloat16 autocast over float32 weights on CPUs with native bf16, in float32 on
-        other CPUs, and in the checkpoint's dtype on GPUs (see :func:`resolve_precision`). ``max_length`` and
-        ``instruction_truncation`` ("right"/"left", see :func:`encode_pairs`) default to what the checkpoint declares.
+        ``dtype="auto"`` computes in bfloat16 on CPUs with native bf16, in float32 on other CPUs, and in the
+        checkpoint's dtype on GPUs (see :func:`resolve_precision`); ``backend`` picks the engine ("auto": OpenVINO
+        on a CPU where installed, see :func:`cappy.model.backends.resolve_backend`; a model OpenVINO cannot convert
+        falls back to eager torch with a warning). ``max_length`` and ``instruction_truncation`` ("right"/"left", see
+        :func:`encode_pairs`) default to what the checkpoint declares.
         Example: ``Cappy.from_pretrained("btan2/cappy-large", device="cuda", dtype="bfloat16")``
         """
         engine = resolve_backend(backend, device, dtype)
@@ -169,19 +171,26 @@ class Cappy:
         )
         if max_length is None:
             max_length = checkpoint_settings(model.config)[0]
-        return cls(
-            model,
-            tokenizer,
+        settings = dict(
             max_length=max_length,
             batch_size=batch_size,
             max_tokens_per_batch=max_tokens_per_batch,
             device=device,
             name_or_path=str(name_or_path),
-            autocast_dtype=autocast_dtype,
             instruction_truncation=instruction_truncation,
-            backend=engine,
-            ov_precision=ov_precision,
         )
+        try:
+            return cls(
+                model, tokenizer, autocast_dtype=autocast_dtype, backend=engine, ov_precision=ov_precision, **settings
+            )
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a conversion failure of any kind: "auto" still gives a scorer
+            if engine != "openvino" or backend not in (None, "auto") or dtype == "int8":
+                raise
+            logger.warning("OpenVINO could not convert %s (%s); scoring with eager torch", name_or_path, err)
+            torch_dtype, autocast_dtype = resolve_precision(dtype, device)
+            return cls(model.to(torch_dtype), tokenizer, autocast_dtype=autocast_dtype, backend="torch", **settings)
 
     @property
     def precision(self) -> str:
