@@ -294,12 +294,14 @@ def main() -> None:
         # loaded as the server loads it: the same dtype and backend rules, at the server's thread count (set before
         # loading: an OpenVINO model keeps the thread count it was compiled with)
         torch.set_num_threads(args.server_threads)
-        scorer = Cappy.from_pretrained(
-            args.model if args.url else model_dir,
-            device="cpu",
-            backend=args.backend,
-            max_tokens_per_batch=args.max_tokens_per_batch,
-        )
+
+        def load_scorer() -> Cappy:
+            source = args.model if args.url else model_dir
+            return Cappy.from_pretrained(
+                source, device="cpu", backend=args.backend, max_tokens_per_batch=args.max_tokens_per_batch
+            )
+
+        scorer = load_scorer()
         print(
             f"scorer: {scorer!r}; offline and server torch threads {args.server_threads} (of {all_threads}); "
             f"{os.cpu_count()} CPUs",
@@ -317,12 +319,7 @@ def main() -> None:
         )
         scorer.max_tokens_per_batch = budget
         torch.set_num_threads(all_threads)
-        wide = Cappy.from_pretrained(
-            args.model if args.url else model_dir,
-            device="cpu",
-            backend=args.backend,
-            max_tokens_per_batch=args.max_tokens_per_batch,
-        )
+        wide = load_scorer()
         print(f"offline at all {all_threads} threads: {offline_rate(wide, instr, resp):.1f} pairs/s (not compared)")
         del wide
         torch.set_num_threads(args.server_threads)

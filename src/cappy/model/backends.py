@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from cappy.errors import InputError
-from cappy.model.precision import cpu_has_native_bf16, resolve_device
+from cappy.model.precision import AUTOCAST_DTYPES, cpu_has_native_bf16, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,6 @@ OPENVINO_FILE = "openvino_model.xml"
 #: A statically quantized export (int8 weights and activations, calibrated on real pairs), made by
 #: :func:`cappy.model.quantize.quantize_openvino` in the checkpoint's ``openvino/`` folder; read with ``dtype="int8"``.
 OPENVINO_INT8_FILE = "openvino_model_qint8.xml"
-# The OpenVINO CPU plugin's inference precisions for Cappy's precision names ("auto" is decided per CPU).
-_OV_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
 
 
 def openvino_available() -> bool:
@@ -100,11 +98,11 @@ def openvino_precision(dtype: str | torch.dtype | None) -> str:
         return "bf16" if cpu_has_native_bf16() else "f32"
     if dtype == "int8":
         return "int8"
-    name = str(dtype).replace("torch.", "")
-    name = {"fp32": "float32", "bf16": "bfloat16"}.get(name, name)
-    if name not in _OV_PRECISION:
+    named = None if isinstance(dtype, str) and dtype in AUTOCAST_DTYPES else resolve_dtype(dtype)
+    precision = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(named)
+    if precision is None:
         raise InputError(f"backend='openvino' computes in float32, bfloat16 or int8, not {dtype!r}")
-    return _OV_PRECISION[name]
+    return precision
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -203,7 +201,6 @@ class OpenVINORunner:
             ov_model = ov.convert_model(_Logits(model, list(example)), example_input=tuple(example.values()))
         for port, name in zip(ov_model.inputs, example):
             port.get_tensor().set_names({name})
-            port.get_node().set_partial_shape(ov.PartialShape([-1, -1]))
         ov_model.reshape({name: ov.PartialShape([-1, -1]) for name in example})
         model.train(was_training)
         folder.parent.mkdir(parents=True, exist_ok=True)

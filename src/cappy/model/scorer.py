@@ -128,7 +128,9 @@ class Cappy:
                 lower = autocast_dtype or (weights if weights != torch.float32 else None)
                 ov_precision = "bf16" if lower == torch.bfloat16 else "f32"
             names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self._input_names()]
-            self._runner = OpenVINORunner(self.model, names, ov_precision, source=self.name_or_path)
+            # the folder the weights came from (a name like "cappy-mini" resolved), where an export may lie beside
+            source = getattr(model.config, "_name_or_path", None) or self.name_or_path
+            self._runner = OpenVINORunner(self.model, names, ov_precision, source=source)
 
     def _input_names(self) -> set[str]:
         names = getattr(self.tokenizer, "model_input_names", None) or ["input_ids", "attention_mask"]
